@@ -1,0 +1,24 @@
+# Two entry points, both safe on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.hf_fedzo-installed
+
+.PHONY: setup test lint demo
+
+# torch is installed first and pinned so no dependency can pull a CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev,plots,assets]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
+	$(BIN)/ruff check hf_fedzo recipes tests benchmarks
+
+lint: setup
+	$(BIN)/ruff check hf_fedzo recipes tests benchmarks
