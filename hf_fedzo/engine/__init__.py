@@ -1,0 +1,32 @@
+"""The ZO engine: seeded perturbations, split execution and the estimator. No Trainer imports here."""
+
+from hf_fedzo.engine.estimator import ZOEstimate, ZOEstimator, ZOSettings
+from hf_fedzo.engine.optimizer import ZOOptimizer, ZOUpdate, apply_updates
+from hf_fedzo.engine.perturbation import (
+    PERTURBATIONS,
+    DirectionApplier,
+    IndexedParameter,
+    register_perturbation,
+)
+from hf_fedzo.engine.seeds import SeedScope, direction_seed, mix_seed
+from hf_fedzo.engine.split import SplitPlan, UnsupportedModelError, find_layer_stack, trainable_parameters
+
+__all__ = [
+    "PERTURBATIONS",
+    "DirectionApplier",
+    "IndexedParameter",
+    "SeedScope",
+    "SplitPlan",
+    "UnsupportedModelError",
+    "ZOEstimate",
+    "ZOEstimator",
+    "ZOOptimizer",
+    "ZOSettings",
+    "ZOUpdate",
+    "apply_updates",
+    "direction_seed",
+    "find_layer_stack",
+    "mix_seed",
+    "register_perturbation",
+    "trainable_parameters",
+]

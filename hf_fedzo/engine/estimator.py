@@ -1,0 +1,213 @@
+"""The split-perturbation zeroth-order step (FedSPZO), with MeZO and n-SPSA as special cases.
+
+For each of P1 block-1 directions u_i, block 1 runs once at θ1+εu_i and once at θ1−εu_i and its output
+activations are cached; P2 block-2 directions v_ij are then evaluated on those cached activations.
+Each scalar g_ij = (L(θ+ε(u_i,v_ij)) − L(θ−ε(u_i,v_ij))) / 2ε is a directional derivative along the
+joint direction. θ2 moves along the mean of g_ij·v_ij, θ1 along the mean over i of (mean_j g_ij)·u_i.
+Without a split all parameters form one block and the P1·P2 directions are full-model directions
+(P1 = P2 = 1 is MeZO; P1·P2 = n is n-SPSA).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from hf_fedzo.engine.perturbation import DirectionApplier, IndexedParameter
+from hf_fedzo.engine.seeds import BLOCK1, BLOCK2, direction_seed
+from hf_fedzo.engine.split import FlopCounter, SplitExecutor, SplitPlan, build_plan, find_layer_stack
+
+LossFn = Callable[[], torch.Tensor]
+Term = tuple[int, float]  # (direction seed, coefficient)
+
+
+@dataclass(frozen=True)
+class ZOSettings:
+    """What the engine needs to know; ``ZOConfig`` and the federation settings both produce one."""
+
+    eps: float = 1e-3
+    p1: int = 1
+    p2: int = 1
+    split: str | int | float = "none"
+    perturbation: str = "gaussian"
+    difference: str = "central"
+    layers_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.eps > 0:
+            raise ValueError(f"zo_eps must be > 0 (got {self.eps})")
+        for name in ("p1", "p2"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"zo_{name} must be >= 1 (got {getattr(self, name)})")
+        if self.difference not in ("central", "forward"):
+            raise ValueError(f"zo_difference must be 'central' or 'forward' (got {self.difference!r})")
+
+
+@dataclass
+class ZOEstimate:
+    """The outcome of one ZO step on one micro-batch: everything an update or a federation needs."""
+
+    step_seed: int
+    scalars: torch.Tensor  # (P1, P2) float32 projected gradients
+    loss: float  # mean of every loss evaluated in the step
+    forwards_block1: int = 0
+    forwards_block2: int = 0
+    flops_block1: int = 0
+    flops_block2: int = 0
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+class ZOEstimator:
+    """Estimates projected gradients and applies (seed, scalar) updates to a model's trainable tensors.
+
+    The model is touched only through ``loss_fn`` (any callable running its forward and returning a
+    scalar loss) and in-place updates of its trainable parameters; the estimator knows nothing about
+    Trainer or federation.
+    """
+
+    def __init__(self, model: nn.Module, settings: ZOSettings) -> None:
+        self.model = model
+        self.settings = settings
+        self.applier = DirectionApplier(settings.perturbation)
+        self.plan: SplitPlan | None = None
+        self._executor: SplitExecutor | None = None
+        self._layers: nn.ModuleList | None = None
+
+    # ----------------------------------------------------------------------------------------- plan
+    def prepare(self, loss_fn: LossFn) -> SplitPlan:
+        """Build the block plan from one traced forward (done once, on the first batch)."""
+        if self.plan is None:
+            with torch.inference_mode():
+                self.plan = build_plan(self.model, loss_fn, self.settings.split, self.settings.p2,
+                                       self.settings.layers_path)
+            _, self._layers = find_layer_stack(self.model, self.plan.layers_path)
+            if self.plan.split_index is not None:
+                self._executor = SplitExecutor(self._layers, self.plan.split_index)
+            if not self.plan.parameters:
+                raise ValueError("the model has no trainable parameters (requires_grad=True) to perturb")
+        return self.plan
+
+    @property
+    def parameters(self) -> list[IndexedParameter]:
+        if self.plan is None:
+            raise RuntimeError("call prepare() (or estimate()) before accessing the plan")
+        return self.plan.parameters
+
+    # ------------------------------------------------------------------------------------- estimate
+    @torch.no_grad()
+    def estimate(self, loss_fn: LossFn, step_seed: int) -> ZOEstimate:
+        plan = self.prepare(loss_fn)
+        s = self.settings
+        eps = s.eps
+        executor = self._executor
+        tied = plan.tied
+        tied_ids = {p.index for p in tied}
+        untied1 = [p for p in plan.block1 if p.index not in tied_ids]
+        sides = (1, -1) if s.difference == "central" else (1,)
+        assert self._layers is not None
+        counter = FlopCounter(self.model, self._layers)
+        forwards = [0, 0]
+        flops = [0, 0]
+
+        def block1() -> torch.Tensor | None:
+            if executor is None:
+                return None
+            with torch.inference_mode():
+                hidden = executor.run_prefix(loss_fn)
+            forwards[0] += 1
+            flops[0] += counter.take()
+            return hidden
+
+        def block2(hidden: torch.Tensor | None) -> torch.Tensor:
+            with torch.inference_mode():
+                loss = loss_fn() if executor is None else executor.run_suffix(loss_fn, hidden)  # type: ignore[arg-type]
+            forwards[1] += 1
+            flops[1] += counter.take()
+            return loss.detach().float().reshape(())
+
+        def shift(params: Sequence[IndexedParameter], seed: int, coef: float) -> None:
+            self.applier.add_(params, [(seed, coef)])
+
+        losses = torch.zeros(s.p1, s.p2, len(sides))
+        baseline: torch.Tensor | None = None
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            if s.difference == "forward":
+                baseline = block2(block1())
+            for i in range(s.p1):
+                u = direction_seed(step_seed, BLOCK1, i)
+                cached: dict[int, torch.Tensor | None] = {}
+                at1 = 0
+                for side in sides:
+                    shift(plan.block1, u, (side - at1) * eps)
+                    at1 = side
+                    cached[side] = block1()
+                at_tied = at1
+                for j in range(s.p2):
+                    v = direction_seed(step_seed, BLOCK2, i, j)
+                    order = sorted(sides, key=lambda side: side != at_tied)
+                    at2 = 0
+                    for side in order:
+                        shift(plan.block2, v, (side - at2) * eps)
+                        at2 = side
+                        if tied and at_tied != side:
+                            shift(tied, u, (side - at_tied) * eps)
+                            at_tied = side
+                        losses[i, j, sides.index(side)] = block2(cached[side])
+                    shift(plan.block2, v, -at2 * eps)
+                shift(untied1, u, -at1 * eps)
+                shift(tied, u, -at_tied * eps)
+        finally:
+            counter.remove()
+            self.model.train(was_training)
+
+        if s.difference == "central":
+            scalars = (losses[..., 0] - losses[..., 1]) / (2 * eps)
+            mean_loss = float(losses.mean())
+        else:
+            assert baseline is not None
+            scalars = (losses[..., 0] - baseline) / eps
+            mean_loss = float(baseline)
+        nonfinite = int((~torch.isfinite(scalars)).sum())
+        if nonfinite:
+            # A NaN/inf loss would poison every parameter it touches; drop those directions instead.
+            scalars = torch.nan_to_num(scalars, nan=0.0, posinf=0.0, neginf=0.0)
+        return ZOEstimate(step_seed, scalars.float(), mean_loss, forwards[0], forwards[1], flops[0], flops[1],
+                          {"nonfinite_scalars": float(nonfinite)})
+
+    # --------------------------------------------------------------------------------------- update
+    def update_terms(self, step_seed: int, scalars: torch.Tensor) -> tuple[list[Term], list[Term]]:
+        """Direction coefficients (before the −lr factor) of one estimate, for block 1 and block 2."""
+        p1, p2 = scalars.shape
+        g = scalars.double().tolist()
+        block2 = [(direction_seed(step_seed, BLOCK2, i, j), g[i][j] / (p1 * p2)) for i in range(p1) for j in range(p2)]
+        block1 = [(direction_seed(step_seed, BLOCK1, i), sum(g[i]) / (p2 * p1)) for i in range(p1)]
+        return block1, block2
+
+    @torch.no_grad()
+    def apply_update(self, estimates: Sequence[tuple[int, torch.Tensor]], lr: float, weight_decay: float = 0.0) -> None:
+        """θ ← θ·(1 − lr·wd) − lr · mean over estimates of the ZO gradient (``(step_seed, scalars)`` pairs).
+
+        Several estimates are gradient-accumulation micro-batches of one optimizer step.
+        """
+        if self.plan is None:
+            raise RuntimeError("apply_update() needs a plan: run estimate() or prepare() first")
+        if weight_decay and lr:
+            for p in self.plan.parameters:
+                if p.decay:
+                    p.tensor.mul_(1.0 - lr * weight_decay)
+        terms1: list[Term] = []
+        terms2: list[Term] = []
+        for step_seed, scalars in estimates:
+            t1, t2 = self.update_terms(step_seed, scalars)
+            terms1 += [(seed, -lr * c / len(estimates)) for seed, c in t1]
+            terms2 += [(seed, -lr * c / len(estimates)) for seed, c in t2]
+        if self.plan.split_index is None:
+            self.applier.add_(self.plan.block2, terms2)
+        else:
+            self.applier.add_(self.plan.block1, terms1)
+            self.applier.add_(self.plan.block2, terms2)

@@ -1,0 +1,103 @@
+"""``ZOOptimizer``: a ``torch.optim.Optimizer`` whose step replays (seed, scalar) estimates.
+
+Its ``param_groups`` carry ``lr`` and ``weight_decay`` like any optimizer, so every transformers
+scheduler, warm-up and ``optimizer.pt`` checkpoint works unchanged. ``step()`` applies the estimates
+recorded since the last step (gradient-accumulation micro-batches are averaged) and appends one
+``ZOUpdate`` to ``history``: the whole fine-tune is the initial weights plus that log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from hf_fedzo.engine.estimator import ZOEstimate, ZOEstimator
+
+
+@dataclass(frozen=True)
+class ZOUpdate:
+    """One optimizer step as replayable data: the seeds and scalars of its micro-batches, lr and decay."""
+
+    step_seeds: tuple[int, ...]
+    scalars: tuple[tuple[tuple[float, ...], ...], ...]  # (micro-batch, P1, P2)
+    lr: float
+    weight_decay: float
+
+    @classmethod
+    def from_estimates(cls, estimates: Iterable[ZOEstimate], lr: float, weight_decay: float) -> ZOUpdate:
+        estimates = list(estimates)
+        return cls(
+            tuple(e.step_seed for e in estimates),
+            tuple(tuple(tuple(row) for row in e.scalars.tolist()) for e in estimates),
+            float(lr),
+            float(weight_decay),
+        )
+
+    def pairs(self) -> list[tuple[int, torch.Tensor]]:
+        pairs = zip(self.step_seeds, self.scalars, strict=True)
+        return [(seed, torch.tensor(s, dtype=torch.float32)) for seed, s in pairs]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ZOUpdate:
+        return cls(
+            tuple(int(s) for s in data["step_seeds"]),
+            tuple(tuple(tuple(float(x) for x in row) for row in m) for m in data["scalars"]),
+            float(data["lr"]),
+            float(data["weight_decay"]),
+        )
+
+
+def apply_updates(estimator: ZOEstimator, updates: Iterable[ZOUpdate]) -> None:
+    """Replay logged updates in order (a resumed client, a server, or a trajectory checkpoint)."""
+    for update in updates:
+        estimator.apply_update(update.pairs(), update.lr, update.weight_decay)
+
+
+class ZOOptimizer(torch.optim.Optimizer):
+    """Applies ZO estimates in ``step()``; holds no per-parameter state (memory stays at inference level)."""
+
+    def __init__(self, params: Iterable[Any], estimator: ZOEstimator, lr: float = 1e-6, weight_decay: float = 0.0,
+                 keep_history: bool = True) -> None:
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
+        if len(self.param_groups) != 1:
+            raise ValueError("ZOOptimizer takes one parameter group: a direction spans every trainable tensor")
+        self.estimator = estimator
+        self.keep_history = keep_history
+        self.pending: list[ZOEstimate] = []
+        self.history: list[ZOUpdate] = []
+
+    def accumulate(self, estimate: ZOEstimate) -> None:
+        self.pending.append(estimate)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = closure() if closure is not None else None
+        if not self.pending:
+            return loss
+        group = self.param_groups[0]
+        update = ZOUpdate.from_estimates(self.pending, group["lr"], group["weight_decay"])
+        self.estimator.apply_update(update.pairs(), update.lr, update.weight_decay)
+        self.pending.clear()
+        if self.keep_history:
+            self.history.append(update)
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """No gradients exist; kept for API compatibility."""
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["zo_history"] = [u.to_dict() for u in self.history]
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        history = state_dict.pop("zo_history", [])
+        super().load_state_dict(state_dict)
+        self.history = [ZOUpdate.from_dict(u) for u in history]

@@ -1,0 +1,120 @@
+"""Random directions regenerated from seeds, never stored.
+
+A direction is materialised chunk by chunk (at most ``CHUNK_NUMEL`` elements at a time, each chunk
+with its own private ``torch.Generator`` seeded from (direction seed, parameter index, chunk)), so the
+extra memory of a perturbation is one chunk buffer rather than a copy of the largest weight matrix,
+and chunks can be generated in parallel. z never depends on iteration order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+from hf_fedzo.engine.seeds import parameter_seed
+
+CHUNK_NUMEL = 1 << 20
+
+Sampler = Callable[[torch.Tensor, torch.Generator], None]
+
+
+def _gaussian(out: torch.Tensor, generator: torch.Generator) -> None:
+    out.normal_(generator=generator)
+
+
+def _rademacher(out: torch.Tensor, generator: torch.Generator) -> None:
+    out.random_(0, 2, generator=generator).mul_(2).sub_(1)
+
+
+PERTURBATIONS: dict[str, Sampler] = {"gaussian": _gaussian, "rademacher": _rademacher}
+
+
+def register_perturbation(name: str, sampler: Sampler) -> None:
+    """Add a distribution: ``sampler(out, generator)`` fills ``out`` in place with zero-mean, unit-variance noise."""
+    PERTURBATIONS[name] = sampler
+
+
+def get_sampler(name: str) -> Sampler:
+    try:
+        return PERTURBATIONS[name]
+    except KeyError:
+        choices = sorted(PERTURBATIONS)
+        raise ValueError(f"zo_perturbation: unknown distribution {name!r}; choose from {choices}") from None
+
+
+@dataclass(frozen=True)
+class IndexedParameter:
+    """A trainable tensor with the stable index its random stream is derived from."""
+
+    index: int
+    name: str
+    tensor: torch.Tensor
+    decay: bool
+
+
+def _work_items(params: Sequence[IndexedParameter]) -> list[tuple[IndexedParameter, int, int, int]]:
+    items = []
+    for p in params:
+        flat_numel = p.tensor.numel()
+        for chunk, start in enumerate(range(0, flat_numel, CHUNK_NUMEL)):
+            items.append((p, chunk, start, min(start + CHUNK_NUMEL, flat_numel)))
+    return items
+
+
+class DirectionApplier:
+    """Adds linear combinations of seeded directions to parameters in place: θ += Σ_k c_k · z(seed_k).
+
+    One call handles a single perturbation (one term) and an update from many scalars (many terms):
+    per chunk the terms are accumulated in a float32 buffer and written once.
+    """
+
+    def __init__(self, distribution: str = "gaussian", num_threads: int | None = None) -> None:
+        self.sampler = get_sampler(distribution)
+        self.distribution = distribution
+        self.num_threads = num_threads or min(4, os.cpu_count() or 1)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _chunk(self, item: tuple[IndexedParameter, int, int, int], terms: Sequence[tuple[int, float]]) -> None:
+        p, chunk, start, stop = item
+        # detach(): an alias outside autograd, since grad mode is thread-local and workers run without it.
+        flat = p.tensor.detach().view(-1)[start:stop]
+        gen = torch.Generator(device=flat.device)
+        z = torch.empty(stop - start, dtype=torch.float32, device=flat.device)
+        acc = None if len(terms) == 1 else torch.zeros_like(z)
+        for seed, coef in terms:
+            gen.manual_seed(parameter_seed(seed, p.index, chunk))
+            self.sampler(z, gen)
+            if acc is None:
+                flat.add_(z.to(flat.dtype), alpha=coef)
+                return
+            acc.add_(z, alpha=coef)
+        assert acc is not None
+        flat.add_(acc.to(flat.dtype))
+
+    @torch.no_grad()
+    def add_(self, params: Sequence[IndexedParameter], terms: Sequence[tuple[int, float]]) -> None:
+        terms = [(s, c) for s, c in terms if c != 0.0]
+        if not params or not terms:
+            return
+        items = _work_items(params)
+        on_cpu = params[0].tensor.device.type == "cpu"
+        # Generation is serial inside one torch.Generator; independent chunk streams let CPU threads
+        # fill chunks concurrently (torch releases the GIL inside kernels).
+        if on_cpu and self.num_threads > 1 and len(items) > 2:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="hf_fedzo-z")
+            list(self._pool.map(lambda it: self._chunk(it, terms), items))
+        else:
+            for item in items:
+                self._chunk(item, terms)
+
+    def direction(self, param: IndexedParameter, seed: int) -> torch.Tensor:
+        """Materialise z for one parameter (tests and debugging only: production code never stores z)."""
+        flat = torch.zeros(param.tensor.numel(), dtype=torch.float32, device=param.tensor.device)
+        target = IndexedParameter(param.index, param.name, flat, param.decay)
+        self.add_([target], [(seed, 1.0)])
+        return flat.view_as(param.tensor)
