@@ -149,7 +149,8 @@ class ZOEstimator:
                 at_tied = at1
                 for j in range(s.p2):
                     v = direction_seed(step_seed, BLOCK2, i, j)
-                    order = sorted(sides, key=lambda side: side != at_tied)
+                    # Start on the side the tied tensors already sit on, so they flip once per direction.
+                    order = sorted(sides, key=lambda side: side != at_tied) if tied else sides
                     at2 = 0
                     for side in order:
                         shift(plan.block2, v, (side - at2) * eps)

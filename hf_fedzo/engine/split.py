@@ -180,7 +180,7 @@ class FlopCounter:
             elif type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2:
                 self._handles.append(module.register_forward_hook(self._linear(weight.shape[0], weight.shape[1])))
         for layer in layers:
-            self._handles.append(layer.register_forward_pre_hook(self._attention, with_kwargs=True))
+            self._handles.append(layer.register_forward_hook(self._attention))
 
     def _linear(self, fan_in: int, fan_out: int) -> Callable[..., None]:
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
@@ -188,8 +188,11 @@ class FlopCounter:
 
         return hook
 
-    def _attention(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        hidden = _hidden_of(args, kwargs)
+    def _attention(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        # A post-hook: a layer interrupted by a capture hook, or short-circuited in block 2, did no work.
+        if module.__dict__.get("forward") is _passthrough:
+            return
+        hidden = output if isinstance(output, torch.Tensor) else output[0]
         if hidden.dim() == 3:
             b, t, d = hidden.shape
             self.total += 4 * b * t * t * d
@@ -309,12 +312,12 @@ def build_plan(
         output_types.append(type(output))
         flush_into("post")
 
-    # Registered before the counter's own hooks so each boundary is flushed before the next layer's
-    # attention cost is added.
+    # The counter's post-hooks must run before leave_layer's so a layer's attention cost is flushed
+    # into that layer: hooks run in registration order.
+    counter = FlopCounter(model, layers)
     for i, layer in enumerate(layers):
         handles.append(layer.register_forward_pre_hook(enter_layer(i)))
         handles.append(layer.register_forward_hook(leave_layer))
-    counter = FlopCounter(model, layers)
     try:
         loss_fn()
         flush_into("post")
