@@ -19,6 +19,14 @@ from hf_fedzo.data.assets import (
     smollm2_path,
     vader_archive_path,
 )
+from hf_fedzo.data.loaders import (
+    DATASET_SOURCES,
+    DatasetUnavailableError,
+    available_datasets,
+    load_local_files,
+    load_task_dataset,
+    register_dataset,
+)
 from hf_fedzo.data.vader import (
     LABEL_NAMES,
     MOVIE_SPLIT_FINGERPRINT,
@@ -30,6 +38,7 @@ from hf_fedzo.data.vader import (
 
 __all__ = [
     "ASSETS",
+    "DATASET_SOURCES",
     "LABEL_NAMES",
     "MOVIE_SPLIT_FINGERPRINT",
     "REFERENCE_FINGERPRINTS",
@@ -37,13 +46,18 @@ __all__ = [
     "AssetNotFoundError",
     "AssetSpec",
     "AssetStatus",
+    "DatasetUnavailableError",
     "IntegrityError",
     "PyPIArtifact",
     "asset_path",
+    "available_datasets",
     "default_cache_dir",
+    "load_local_files",
+    "load_task_dataset",
     "load_vader",
     "minilm_path",
     "prepare_assets",
+    "register_dataset",
     "resolve_cache_dir",
     "smollm2_path",
     "split_fingerprint",
