@@ -42,7 +42,7 @@ def _write(path: Path, rows: list[dict[str, Any]]) -> Path:
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".json", ".jsonl", ".parquet"])
 def test_local_file_formats_from_extension(tmp_path: Path, suffix: str) -> None:
     train = _write(tmp_path / f"train{suffix}", ROWS)
-    dsd = load_task_dataset(train_file=train)
+    dsd = load_task_dataset(train_file=train, cache_dir=str(tmp_path / "hf"))  # keep ~/.cache clean
     assert list(dsd) == ["train"]
     assert dsd["train"]["sentence"] == [r["sentence"] for r in ROWS]
     assert list(dsd["train"]["label"]) == [1, 0, 1]
@@ -53,7 +53,13 @@ def test_mixed_formats_and_name_is_ignored_for_files(tmp_path: Path) -> None:
     validation = _write(tmp_path / "dev.JSONL", ROWS[:2])  # extension matching is case-insensitive
     test = _write(tmp_path / "test.csv", ROWS[:1])
     # Files win over the name (which then only names the task for the caller): no Hub access here.
-    dsd = load_task_dataset("glue/sst2", train_file=str(train), validation_file=validation, test_file=test)
+    dsd = load_task_dataset(
+        "glue/sst2",
+        train_file=str(train),
+        validation_file=validation,
+        test_file=test,
+        cache_dir=str(tmp_path / "hf"),
+    )
     assert {k: v.num_rows for k, v in dsd.items()} == {"train": 3, "validation": 2, "test": 1}
 
 

