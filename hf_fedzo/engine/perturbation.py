@@ -104,7 +104,8 @@ class DirectionApplier:
         on_cpu = params[0].tensor.device.type == "cpu"
         # Generation is serial inside one torch.Generator; independent chunk streams let CPU threads
         # fill chunks concurrently (torch releases the GIL inside kernels).
-        if on_cpu and self.num_threads > 1 and len(items) > 2:
+        total = sum(p.tensor.numel() for p in params)
+        if on_cpu and self.num_threads > 1 and total > 2 * CHUNK_NUMEL:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="hf_fedzo-z")
             list(self._pool.map(lambda it: self._chunk(it, terms), items))
