@@ -25,10 +25,12 @@ from hf_fedzo.tasks.classification import (
     label_word_ids,
 )
 from hf_fedzo.tasks.collator import (
+    CausalGenerationCollator,
     CausalLabelWordCollator,
     MaskedLMCollator,
     pad_sequences,
 )
+from hf_fedzo.tasks.generation import GenerationTask, gold_answers
 from hf_fedzo.tasks.templates import (
     LABEL_SLOT,
     EncodedPrompt,
@@ -41,14 +43,15 @@ from hf_fedzo.tasks.templates import (
     special_tokens_around,
 )
 
-TASK_CLASSES: dict[TaskType, type[LabelWordTask]] = {
+TASK_CLASSES: dict[TaskType, type[LabelWordTask] | type[GenerationTask]] = {
     "label_words": LabelWordTask,
+    "generation": GenerationTask,
 }
 
 
 def load_task(
     name: str, tokenizer: PreTrainedTokenizerBase, model_kind: ModelKind = "causal", **overrides: Any
-) -> LabelWordTask:
+) -> LabelWordTask | GenerationTask:
     """The task object for a registered preset (`sst2`, `rte`, `boolq`, `wic`, `squad`, or your own).
 
     Keyword arguments go to the task constructor, e.g. `columns={"sentence": "text"}` or `max_length=128`.
@@ -62,9 +65,11 @@ __all__ = [
     "LABEL_SLOT",
     "SCORERS",
     "TASK_CLASSES",
+    "CausalGenerationCollator",
     "CausalLMScorer",
     "CausalLabelWordCollator",
     "EncodedPrompt",
+    "GenerationTask",
     "LabelWordScorer",
     "LabelWordTask",
     "MaskedLMCollator",
@@ -73,6 +78,7 @@ __all__ = [
     "PromptTemplate",
     "TaskPreset",
     "get_preset",
+    "gold_answers",
     "infer_model_kind",
     "label_word_ids",
     "list_presets",
