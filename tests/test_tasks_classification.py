@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,16 @@ from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
 from hf_fedzo.tasks import LabelWordTask, PromptTemplate, get_preset, infer_model_kind, load_task
-from tests.tiny_models import bert_mlm, build_bpe_tokenizer, build_tokenizer, gpt2, llama, opt, roberta_mlm
+from tests.tiny_models import (
+    MODEL_FACTORIES,
+    bert_mlm,
+    build_bpe_tokenizer,
+    build_tokenizer,
+    gpt2,
+    llama,
+    opt,
+    roberta_mlm,
+)
 
 EXAMPLES = [
     {"sentence": "the film was great and the acting was wonderful", "label": 1},
@@ -314,3 +325,34 @@ def test_plain_trainer_trains_and_evaluates(tmp_path, bpe, factory, kind, words)
     assert metrics["eval_loss"] == pytest.approx(expected_loss, rel=1e-4)
     prediction = trainer.predict(task.preprocess_dataset(dev))
     assert prediction.predictions.shape == (len(dev), 2)  # reduced to per-class scores, not B x T x V
+
+
+@pytest.mark.parametrize("name", ["roberta_mlm", "bert_mlm", "opt", "llama", "gpt2", "qwen2", "mistral"])
+def test_batch_keys_are_forward_kwargs(bpe, name):
+    """Trainer pops `labels` and calls `model(**rest)`: every other key must be a forward argument."""
+    model = MODEL_FACTORIES[name]().eval()
+    kind = infer_model_kind(model)
+    for task in (load_task("sst2", bpe, model_kind=kind), load_task("wic", bpe, model_kind=kind)):
+        example = {"word": "film", "sentence1": "the film", "sentence2": "a film", **EXAMPLES[0]}
+        batch = task.collator([task.preprocess(example)] * 2)
+        assert set(batch) - {"labels"} <= set(inspect.signature(model.forward).parameters)
+        with torch.inference_mode():  # as the ZO trainer runs it
+            loss = task.compute_loss(forward(model, batch), batch["labels"])
+        assert torch.isfinite(loss)
+
+
+def test_pad_to_multiple_of_does_not_change_scores(bpe):
+    model = seeded(gpt2)
+    plain = load_task("sst2", bpe, label_words=(" terrible", " wonderful"))
+    padded = load_task("sst2", bpe, label_words=(" terrible", " wonderful"), pad_to_multiple_of=8)
+    features = [plain.preprocess(e) for e in EXAMPLES]
+    batch, padded_batch = plain.collator(features), padded.collator(features)
+    assert padded_batch["input_ids"].shape[1] % 8 == 0
+    assert padded_batch["input_ids"].shape[1] > batch["input_ids"].shape[1]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            plain.scores(forward(model, batch), batch["labels"]),
+            padded.scores(forward(model, padded_batch), padded_batch["labels"]),
+            rtol=1e-5,
+            atol=1e-5,
+        )

@@ -14,6 +14,10 @@ it does for causal-LM token labels):
 * causal LM, generation: `(B, 1 + k)`; `labels[:, 1 + j]` is the token that the `j`-th kept logit
   (the `j`-th of the last `k` positions) must predict, -100 where nothing is scored. One item per target
   token.
+
+Multi-token candidates make the model batch `B * C` rows while `labels` stays `B` rows; that is fine for
+DDP (each process collates its own batches) but not for `torch.nn.DataParallel`, which would split the two
+unevenly.
 """
 
 from __future__ import annotations

@@ -10,6 +10,12 @@ A template is a `str.format`-style string with named fields and exactly one `{la
 generative task) goes. Label words carry their own leading space (`" great"`): byte-level BPE tokenizers
 (GPT-2, RoBERTa, SmolLM2) encode a word after a space as its own token (`Ġgreat`), and that is the token a
 pre-trained model predicts after `"It was"`. So the text before `{label}` has no trailing space.
+
+Fields and literal text are tokenized piece by piece (that is what makes truncation safe), with the space
+before a field tokenized together with the field. This matches whole-string tokenization for byte-level
+BPE and WordPiece tokenizers (GPT-2, RoBERTa, BERT, SmolLM2, Llama 3, Qwen). SentencePiece tokenizers that
+prepend `▁` to every call (Llama 2, T5) would see an extra word start at each piece; check `render` and
+`tokenizer.convert_ids_to_tokens(task.preprocess(example)["input_ids"])` before using one.
 """
 
 from __future__ import annotations
