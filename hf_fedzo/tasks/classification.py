@@ -194,7 +194,7 @@ def classification_metrics(predictions: np.ndarray, references: np.ndarray) -> d
     }
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: tasks hold tokenizers and are used as hooks
 class LabelWordTask(InferenceMixin):
     """A prompt-based classification task for `Trainer` (first-order baseline) and `ZOSplitTrainer`.
 
@@ -226,7 +226,7 @@ class LabelWordTask(InferenceMixin):
         name: free-form task name (set by `from_preset`).
     """
 
-    tokenizer: PreTrainedTokenizerBase
+    tokenizer: PreTrainedTokenizerBase = field(repr=False)
     template: PromptTemplate
     label_words: Sequence[str]
     model_kind: ModelKind = "causal"

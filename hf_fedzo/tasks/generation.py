@@ -44,7 +44,7 @@ def gold_answers(value: Any) -> list[str]:
     raise ValueError(f"answers must be a string, a list of strings or a SQuAD answers dict, got {value!r}")
 
 
-@dataclass
+@dataclass(eq=False)  # identity semantics: tasks hold tokenizers and are used as hooks
 class GenerationTask:
     """A prompt-based generative task for causal LMs (`Trainer` baseline and `ZOSplitTrainer`).
 
@@ -75,7 +75,7 @@ class GenerationTask:
         name: free-form task name.
     """
 
-    tokenizer: PreTrainedTokenizerBase
+    tokenizer: PreTrainedTokenizerBase = field(repr=False)
     template: PromptTemplate
     columns: Mapping[str, str] | None = None
     max_length: int = 512
