@@ -29,6 +29,16 @@ QA = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run several times faster on one intra-op thread, and do not thrash when other jobs
+    share the two cores; restored afterwards so other test modules keep their setting."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def bpe():
     return build_bpe_tokenizer()
