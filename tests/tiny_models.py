@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     BertConfig,
     BertForMaskedLM,
@@ -150,3 +150,39 @@ def random_batch(name: str, batch: int = 3, seq: int = 12, seed: int = 0) -> dic
     else:
         labels = input_ids.masked_fill(attention_mask == 0, -100)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+_BPE_EXTRA_CORPUS = [
+    "does this mean that it is true? yes or no?",
+    "answer: yes. answer: no.",
+]
+
+
+def build_bpe_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (GPT-2/RoBERTa/SmolLM2 style) with a RoBERTa-like `<s> $A </s>` template.
+
+    Unlike `build_tokenizer`, a word after a space is a distinct token (`" great"` -> `Ġgreat`), some words
+    split into several tokens (`" wonderful"` -> `Ġwon derful`), and special tokens are added around the
+    text, so prompt code is exercised the way real BPE checkpoints exercise it.
+    """
+    special = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special, show_progress=False)
+    tok.train_from_iterator(_CORPUS + _BPE_EXTRA_CORPUS, trainer=trainer)
+    bos_id, eos_id = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", bos_id), ("</s>", eos_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+        cls_token="<s>",
+        sep_token="</s>",
+    )

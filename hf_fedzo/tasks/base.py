@@ -1,0 +1,146 @@
+"""Pieces shared by the prompt tasks: column mapping, loss reduction, batched inference."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, Literal
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+ModelKind = Literal["mlm", "causal"]
+IGNORE_INDEX = -100
+
+
+def logits_from(outputs: Any) -> torch.Tensor:
+    """The logits of a model output: a `ModelOutput`/dict, a tuple (logits first, as Trainer passes them to
+    `preprocess_logits_for_metrics` when the model returns extra tensors) or a tensor."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    if isinstance(outputs, Mapping):
+        return outputs["logits"]
+    if isinstance(outputs, (tuple, list)):
+        return logits_from(outputs[0])
+    raise TypeError(f"cannot find logits in model outputs of type {type(outputs).__name__}")
+
+
+def reduce_loss(per_item: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+    """Mean of per-item losses, or their sum over `num_items_in_batch` when Trainer supplies that count.
+
+    Trainer counts `labels != -100` over the whole (gradient-accumulated, multi-device) batch and, when a
+    `compute_loss_func` is set, does not divide the loss by the accumulation steps itself. Our label
+    encodings make that count equal to the number of loss items, so `sum / num_items_in_batch` is the
+    exact mean over the accumulated batch.
+    """
+    if num_items_in_batch is None:
+        return per_item.mean()
+    count = (
+        num_items_in_batch.to(per_item.device) if torch.is_tensor(num_items_in_batch) else num_items_in_batch
+    )
+    if (count <= 0).item() if torch.is_tensor(count) else count <= 0:
+        return per_item.mean()
+    return per_item.sum() / count
+
+
+@functools.cache
+def cached_metric(name: str) -> Any:
+    """One shared instance per packaged metric (computing with explicit inputs leaves no state behind)."""
+    from hf_fedzo.metrics import load_metric
+
+    return load_metric(name)
+
+
+def pad_token_id_of(tokenizer: PreTrainedTokenizerBase) -> int:
+    """Padding id: the pad token, else EOS (causal tokenizers often have no pad token; padded positions are
+    masked out anyway)."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def check_columns(columns: Mapping[str, str] | None, known: Iterable[str]) -> dict[str, str]:
+    """Validate a `{name the task reads: dataset column}` mapping (typos would otherwise surface as KeyError
+    deep inside `datasets.map`)."""
+    columns = dict(columns or {})
+    known = tuple(known)
+    unknown = sorted(set(columns) - set(known))
+    if unknown:
+        raise ValueError(f"`columns` maps unknown names {unknown}; this task reads {list(known)}")
+    return columns
+
+
+def read_column(example: Mapping[str, Any], name: str, columns: Mapping[str, str]) -> Any:
+    column = columns.get(name, name)
+    try:
+        return example[column]
+    except KeyError:
+        hint = f" (mapped from {name!r})" if column != name else ""
+        raise KeyError(
+            f"example has no column {column!r}{hint}; columns: {sorted(example)}. "
+            "Pass `columns={...}` to map the task's names to your dataset's columns."
+        ) from None
+
+
+def chunks(rows: Iterable[Mapping[str, Any]], size: int) -> Iterator[list[Mapping[str, Any]]]:
+    if size < 1:
+        raise ValueError(f"`batch_size` must be >= 1, got {size}")
+    iterator = iter(rows)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+class InferenceMixin:
+    """Batched, gradient-free forwards over raw or preprocessed examples (zero-shot scoring, evaluation)."""
+
+    collator: Any
+
+    def preprocess(self, example: Mapping[str, Any]) -> dict[str, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _forward_batches(
+        self, model: PreTrainedModel | torch.nn.Module, data: Iterable[Mapping[str, Any]], batch_size: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield `(logits, labels)` per batch under `inference_mode`, in eval mode (restored after)."""
+        device = model_device(model)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                for rows in chunks(data, batch_size):
+                    features = [row if "input_ids" in row else self.preprocess(row) for row in rows]
+                    batch = self.collator(features)
+                    labels = batch.pop("labels")
+                    outputs = model(**to_device(batch, device))
+                    yield logits_from(outputs), labels.to(device)
+        finally:
+            model.train(was_training)
+
+
+def infer_model_kind(model: torch.nn.Module) -> ModelKind:
+    """`"mlm"` or `"causal"` from the model class (a PEFT wrapper is looked through)."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    name = type(base).__name__
+    if name in MODEL_FOR_MASKED_LM_MAPPING_NAMES.values():
+        return "mlm"
+    if name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        return "causal"
+    raise ValueError(f"cannot tell whether {name} is a masked or a causal LM; pass `model_kind` explicitly")

@@ -1,0 +1,407 @@
+"""Classification by label words: the model scores one word per class, as in pre-training.
+
+* Masked LM (RoBERTa/BERT): the template's `{label}` slot becomes `<mask>`; the class scores are the
+  log-probabilities of the label-word ids at that position, and the loss is cross-entropy over them
+  (LM-BFF / MeZO medium models).
+* Causal LM: the prompt ends where the label word would start; each candidate scores the mean
+  log-probability of its tokens, and the loss is cross-entropy over the candidates (MeZO large models).
+  Only the positions that predict candidate tokens get LM-head logits (`logits_to_keep`), and
+  single-token candidates need one row and one position per example.
+
+Cross-entropy over log-probabilities restricted to the candidates equals cross-entropy over the restricted
+logits (the normalizer cancels), so both paths report log-probabilities as scores.
+"""
+
+from __future__ import annotations
+
+import operator
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
+
+from hf_fedzo.tasks.base import (
+    IGNORE_INDEX,
+    InferenceMixin,
+    ModelKind,
+    cached_metric,
+    check_columns,
+    logits_from,
+    pad_token_id_of,
+    read_column,
+    reduce_loss,
+)
+from hf_fedzo.tasks.collator import CausalLabelWordCollator, MaskedLMCollator
+from hf_fedzo.tasks.templates import LABEL_SLOT, PromptTemplate, get_preset, special_tokens_around
+
+
+def label_word_ids(
+    tokenizer: PreTrainedTokenizerBase, label_words: Sequence[str]
+) -> tuple[tuple[int, ...], ...]:
+    """Token ids of each label word, validated: non-empty, no unknown token, pairwise distinct."""
+    if len(label_words) < 2:
+        raise ValueError(f"`label_words` needs at least two words, got {list(label_words)}")
+    ids: list[tuple[int, ...]] = []
+    for word in label_words:
+        if not isinstance(word, str) or not word:
+            raise ValueError(f"label word {word!r} must be a non-empty string")
+        word_ids = tuple(tokenizer(word, add_special_tokens=False)["input_ids"])
+        if not word_ids:
+            raise ValueError(f"label word {word!r} tokenizes to nothing")
+        if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in word_ids:
+            raise ValueError(
+                f"label word {word!r} contains the unknown token "
+                f"({tokenizer.convert_ids_to_tokens(list(word_ids))}); the model cannot score it"
+            )
+        for other, other_ids in zip(label_words, ids, strict=False):
+            if other_ids == word_ids:
+                raise ValueError(
+                    f"label words {other!r} and {word!r} tokenize to the same ids {list(word_ids)}"
+                )
+        ids.append(word_ids)
+    return tuple(ids)
+
+
+class LabelWordScorer(ABC):
+    """How one model family reads class scores out of its logits. Subclasses are registered in `SCORERS`."""
+
+    model_kind: ClassVar[str]
+    keeps_suffix: ClassVar[bool]
+    """Whether template text after `{label}` and the closing special tokens stay in the input."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, label_words: Sequence[str]) -> None:
+        self.candidate_ids = label_word_ids(tokenizer, label_words)
+        self.label_words = tuple(label_words)
+
+    @property
+    @abstractmethod
+    def slot_tokens(self) -> int:
+        """Input tokens the label slot occupies in the longest row."""
+
+    @abstractmethod
+    def features(self, prefix: list[int], suffix: list[int], gold: int) -> dict[str, Any]:
+        """One preprocessed example (what `datasets.map` stores)."""
+
+    @abstractmethod
+    def collator(self, pad_token_id: int, **options: Any) -> Any:
+        """The data collator matching `features`; `options` are the task's collator settings
+        (`pad_to_multiple_of`, `logits_to_keep`, `position_ids`), each used where it applies."""
+
+    @abstractmethod
+    def scores(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-candidate log-probabilities, `(B, C)` float32, differentiable."""
+
+
+class MaskedLMScorer(LabelWordScorer):
+    model_kind = "mlm"
+    keeps_suffix = True
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, label_words: Sequence[str]) -> None:
+        super().__init__(tokenizer, label_words)
+        if tokenizer.mask_token_id is None:
+            raise ValueError(
+                f"`tokenizer` ({type(tokenizer).__name__}) has no mask token; use model_kind='causal'"
+            )
+        self.mask_token_id = int(tokenizer.mask_token_id)
+        for word, ids in zip(self.label_words, self.candidate_ids, strict=True):
+            if len(ids) != 1:
+                raise ValueError(
+                    f"label word {word!r} is {len(ids)} tokens {tokenizer.convert_ids_to_tokens(list(ids))}; "
+                    "a masked LM scores a single <mask>, so each label word must be one token "
+                    "(mind the leading space)"
+                )
+        self._ids = torch.tensor([ids[0] for ids in self.candidate_ids])
+
+    @property
+    def slot_tokens(self) -> int:
+        return 1
+
+    def features(self, prefix: list[int], suffix: list[int], gold: int) -> dict[str, Any]:
+        labels = [IGNORE_INDEX] * (len(prefix) + 1 + len(suffix))
+        labels[len(prefix)] = gold
+        return {"input_ids": [*prefix, self.mask_token_id, *suffix], "labels": labels}
+
+    def collator(self, pad_token_id: int, **options: Any) -> MaskedLMCollator:
+        return MaskedLMCollator(
+            pad_token_id=pad_token_id, pad_to_multiple_of=options.get("pad_to_multiple_of")
+        )
+
+    def scores(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        marked = labels != IGNORE_INDEX
+        if not bool((marked.sum(-1) == 1).all()):
+            raise ValueError("each row of masked-LM `labels` must mark exactly one <mask> position")
+        at_mask = logits[marked].float()  # (B, V), rows in batch order
+        return at_mask[:, self._ids.to(at_mask.device)] - at_mask.logsumexp(-1, keepdim=True)
+
+
+class CausalLMScorer(LabelWordScorer):
+    model_kind = "causal"
+    keeps_suffix = False
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, label_words: Sequence[str]) -> None:
+        super().__init__(tokenizer, label_words)
+        self.keep = max(len(ids) for ids in self.candidate_ids)
+        # Candidate tokens right-aligned in the `keep` final positions, as the collator lays rows out.
+        self._targets = torch.full((len(self.candidate_ids), self.keep), IGNORE_INDEX, dtype=torch.long)
+        for row, ids in enumerate(self.candidate_ids):
+            self._targets[row, self.keep - len(ids) :] = torch.tensor(ids)
+
+    @property
+    def slot_tokens(self) -> int:
+        return self.keep - 1  # the last candidate token is only ever a target, never an input
+
+    def features(self, prefix: list[int], suffix: list[int], gold: int) -> dict[str, Any]:
+        return {"input_ids": prefix, "labels": gold}
+
+    def collator(self, pad_token_id: int, **options: Any) -> CausalLabelWordCollator:
+        return CausalLabelWordCollator(pad_token_id=pad_token_id, candidate_ids=self.candidate_ids, **options)
+
+    def scores(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        batch, num_candidates = labels.shape[0], len(self.candidate_ids)
+        logits = logits[:, -self.keep :].float()  # no-op with logits_to_keep; slices when a model ignores it
+        if self.keep == 1:
+            last = logits[:, -1]
+            return last[:, self._targets[:, 0].to(last.device)] - last.logsumexp(-1, keepdim=True)
+        if logits.shape[0] != batch * num_candidates:
+            raise ValueError(
+                f"expected {batch} x {num_candidates} candidate rows for multi-token label words, "
+                f"got {logits.shape[0]}"
+            )
+        logits = logits.view(batch, num_candidates, self.keep, -1)
+        targets = self._targets.to(logits.device).expand(batch, -1, -1)
+        scored = targets != IGNORE_INDEX
+        token_logp = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1)
+        return (token_logp * scored).sum(-1) / scored.sum(-1)
+
+
+SCORERS: dict[str, type[LabelWordScorer]] = {cls.model_kind: cls for cls in (MaskedLMScorer, CausalLMScorer)}
+
+
+def classification_metrics(predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro-F1 through the packaged `evaluate` modules."""
+    return {
+        "accuracy": cached_metric("accuracy").compute(predictions=predictions, references=references)[
+            "accuracy"
+        ],
+        "f1": cached_metric("f1").compute(predictions=predictions, references=references, average="macro")[
+            "f1"
+        ],
+    }
+
+
+@dataclass(eq=False)  # identity semantics: tasks hold tokenizers and are used as hooks
+class LabelWordTask(InferenceMixin):
+    """A prompt-based classification task for `Trainer` (first-order baseline) and `ZOSplitTrainer`.
+
+    Example:
+        ```python
+        task = LabelWordTask.from_preset("sst2", tokenizer, model_kind="causal")
+        train = task.preprocess_dataset(raw_train)
+        trainer = Trainer(model, args, train_dataset=train, eval_dataset=task.preprocess_dataset(raw_dev),
+                          **task.trainer_kwargs())
+        print(task.evaluate(model, raw_dev, batch_size=32))   # zero-shot accuracy
+        ```
+
+    Labels are encoded as described in `hf_fedzo.tasks.collator`; `labels.amax(-1)` is always the gold
+    class index.
+
+    Args:
+        tokenizer: the model's tokenizer.
+        template: the prompt; its `{label}` slot is the mask (masked LM) or must end the template (causal LM).
+        label_words: one word per class, indexed by the integer label. Include the leading space
+            (`" great"`); a masked LM needs each word to be a single token.
+        model_kind: `"mlm"` or `"causal"` (see `infer_model_kind`).
+        columns: maps the names this task reads (template fields and `target`) to dataset columns, e.g.
+            `{"sentence": "text", "label": "stars"}`.
+        max_length: the longest row fed to the model; template fields are truncated to fit.
+        target: the name of the gold-label column (before `columns` mapping).
+        add_special_tokens: add the tokenizer's BOS/CLS (and, for masked LMs, EOS/SEP) around the prompt.
+        logits_to_keep, position_ids: collator options for causal LMs whose forward lacks those kwargs.
+        pad_to_multiple_of: pad batch length to a multiple of this.
+        name: free-form task name (set by `from_preset`).
+    """
+
+    tokenizer: PreTrainedTokenizerBase = field(repr=False)
+    template: PromptTemplate
+    label_words: Sequence[str]
+    model_kind: ModelKind = "causal"
+    columns: Mapping[str, str] | None = None
+    max_length: int = 256
+    target: str = LABEL_SLOT
+    add_special_tokens: bool = True
+    logits_to_keep: bool = True
+    position_ids: bool = True
+    pad_to_multiple_of: int | None = None
+    name: str | None = None
+    scorer: LabelWordScorer = field(init=False, repr=False)
+    collator: Any = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.model_kind not in SCORERS:
+            raise ValueError(f"`model_kind` must be one of {sorted(SCORERS)}, got {self.model_kind!r}")
+        if isinstance(self.label_words, str):
+            raise ValueError("`label_words` must be a sequence of words, not one string")
+        self.label_words = tuple(self.label_words)
+        self.scorer = SCORERS[self.model_kind](self.tokenizer, self.label_words)
+        if self.template.has_suffix and not self.scorer.keeps_suffix:
+            raise ValueError(
+                f"`template` {self.template.text!r} has text after {{{LABEL_SLOT}}}; a causal LM scores the "
+                "label word as the continuation of the prompt, so the slot must end the template"
+            )
+        self.columns = check_columns(self.columns, (*self.template.fields, self.target))
+        prefix, suffix = special_tokens_around(self.tokenizer) if self.add_special_tokens else ([], [])
+        self._prefix_special = prefix
+        self._suffix_special = suffix if self.scorer.keeps_suffix else []
+        self._budget = self.max_length - len(prefix) - len(self._suffix_special) - self.scorer.slot_tokens
+        if self._budget <= 0:
+            raise ValueError(f"`max_length`={self.max_length} leaves no room for the prompt")
+        self.collator = self.scorer.collator(
+            pad_token_id_of(self.tokenizer),
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            logits_to_keep=self.logits_to_keep,
+            position_ids=self.position_ids,
+        )
+
+    @classmethod
+    def from_preset(
+        cls, name: str, tokenizer: PreTrainedTokenizerBase, model_kind: ModelKind = "causal", **overrides: Any
+    ) -> LabelWordTask:
+        """Build a task from a registered preset (`sst2`, `rte`, `boolq`, `wic`, or your own); keyword
+        arguments override the preset's template/label words or set any other constructor argument."""
+        preset = get_preset(name)
+        if preset.label_words is None:
+            raise ValueError(
+                f"preset {name!r} is a generation task; use GenerationTask.from_preset or load_task"
+            )
+        kwargs: dict[str, Any] = {
+            "template": preset.template,
+            "label_words": preset.label_words,
+            "target": preset.target,
+            "name": name,
+        }
+        return cls(tokenizer=tokenizer, model_kind=model_kind, **(kwargs | overrides))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_words)
+
+    # --- data -----------------------------------------------------------------------------------------
+
+    def gold_index(self, example: Mapping[str, Any]) -> int:
+        value = read_column(example, self.target, self.columns)
+        column = self.columns.get(self.target, self.target)
+        try:
+            index = operator.index(value.item() if hasattr(value, "item") else value)
+        except TypeError:
+            raise ValueError(f"label {value!r} in column {column!r} must be an integer class index") from None
+        if not 0 <= index < self.num_classes:
+            raise ValueError(
+                f"label {index} in column {column!r} is out of range for {self.num_classes} label words "
+                f"{list(self.label_words)}"
+            )
+        return index
+
+    def preprocess(self, example: Mapping[str, Any]) -> dict[str, Any]:
+        """Tokenize one raw example into `input_ids` and `labels` (use with `datasets.Dataset.map`)."""
+        values = {name: read_column(example, name, self.columns) for name in self.template.fields}
+        gold = self.gold_index(example)
+        encoded = self.template.encode(self.tokenizer, values, self._budget)
+        return self.scorer.features(
+            self._prefix_special + encoded.prefix, encoded.suffix + self._suffix_special, gold
+        )
+
+    def preprocess_dataset(self, dataset: Any, **map_kwargs: Any) -> Any:
+        """`dataset.map(self.preprocess)`, dropping the raw columns (Trainer would keep a raw `label`)."""
+        map_kwargs.setdefault("remove_columns", dataset.column_names)
+        return dataset.map(self.preprocess, **map_kwargs)
+
+    def render(self, example: Mapping[str, Any]) -> str:
+        """The prompt text of `example` with its gold label word (the mask token for a masked LM)."""
+        values = {name: read_column(example, name, self.columns) for name in self.template.fields}
+        slot = (
+            self.tokenizer.mask_token
+            if self.model_kind == "mlm"
+            else self.label_words[self.gold_index(example)]
+        )
+        return self.template.render(values, slot)
+
+    # --- Trainer hooks -------------------------------------------------------------------------------
+
+    def scores(self, outputs: Any, labels: torch.Tensor) -> torch.Tensor:
+        """Per-class log-probabilities `(B, C)` from model outputs (or logits) and the batch `labels`."""
+        return self.scorer.scores(logits_from(outputs), labels)
+
+    def compute_loss(
+        self, outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        """Cross-entropy over the label-word scores; the `compute_loss_func` of `Trainer`."""
+        scores = self.scores(outputs, labels)
+        per_example = F.cross_entropy(scores, labels.amax(-1).to(scores.device), reduction="none")
+        return reduce_loss(per_example, num_items_in_batch)
+
+    def preprocess_logits_for_metrics(self, logits: Any, labels: torch.Tensor) -> torch.Tensor:
+        """Reduce `(rows, T, V)` logits to `(B, C)` scores so eval never stores vocabulary-sized tensors."""
+        return self.scores(logits, labels)
+
+    def compute_metrics(self, eval_pred: EvalPrediction) -> dict[str, float]:
+        """Accuracy and macro-F1 from the scores returned by `preprocess_logits_for_metrics`."""
+        predictions = (
+            eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
+        )
+        label_ids = eval_pred.label_ids[0] if isinstance(eval_pred.label_ids, tuple) else eval_pred.label_ids
+        return classification_metrics(np.asarray(predictions).argmax(-1), np.asarray(label_ids).max(-1))
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        """`Trainer(..., **task.trainer_kwargs())`: collator, loss, logits reduction and metrics."""
+        return {
+            "data_collator": self.collator,
+            "compute_loss_func": self.compute_loss,
+            "preprocess_logits_for_metrics": self.preprocess_logits_for_metrics,
+            "compute_metrics": self.compute_metrics,
+        }
+
+    # --- zero-shot / standalone evaluation -------------------------------------------------------------
+
+    def _scores_and_gold(
+        self, model: PreTrainedModel | torch.nn.Module, data: Iterable[Mapping[str, Any]], batch_size: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        scores, gold = [], []
+        for logits, labels in self._forward_batches(model, data, batch_size):
+            scores.append(self.scorer.scores(logits, labels).cpu())
+            gold.append(labels.amax(-1).cpu())
+        if not scores:
+            raise ValueError("`data` is empty")
+        return torch.cat(scores), torch.cat(gold)
+
+    def score(
+        self,
+        model: PreTrainedModel | torch.nn.Module,
+        data: Iterable[Mapping[str, Any]],
+        batch_size: int = 16,
+    ) -> torch.Tensor:
+        """Class log-probabilities `(N, C)` for raw or preprocessed examples, batched, without gradients."""
+        return self._scores_and_gold(model, data, batch_size)[0]
+
+    def predict(
+        self,
+        model: PreTrainedModel | torch.nn.Module,
+        data: Iterable[Mapping[str, Any]],
+        batch_size: int = 16,
+    ) -> torch.Tensor:
+        """Predicted class indices `(N,)`."""
+        return self.score(model, data, batch_size).argmax(-1)
+
+    def evaluate(
+        self,
+        model: PreTrainedModel | torch.nn.Module,
+        data: Iterable[Mapping[str, Any]],
+        batch_size: int = 16,
+    ) -> dict[str, float]:
+        """Accuracy and macro-F1 of `model` on labeled examples (e.g. zero-shot, before fine-tuning)."""
+        scores, gold = self._scores_and_gold(model, data, batch_size)
+        return classification_metrics(scores.argmax(-1).numpy(), gold.numpy())
