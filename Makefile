@@ -22,3 +22,8 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check hf_fedzo recipes tests benchmarks
+
+# The offline demo (real SmolLM2 on VADER movie sentences) is not built yet: say so instead of failing oddly.
+demo:
+	@echo "make demo: not available yet - the offline demo arrives with the task-alignment issue (recipes)." >&2
+	@exit 2

@@ -1,0 +1,172 @@
+"""One ZO step against the plain forwards it contains, and ZO peak memory against inference.
+
+A LLaMA-shaped model of about 100M parameters is built from a config (random weights; speed and
+memory do not depend on the values). For each setting the script times a full ZO step (perturb,
+2·P1 block-1 and 2·P1·P2 block-2 forwards, restore, update) and the same forwards run plainly on the
+unperturbed model, side by side in one process, and prints the ratio. Memory is the peak RSS of a
+fresh subprocess running inference only versus one running ZO steps.
+
+    python benchmarks/step_overhead.py            # targets: time <= 1.10, memory <= 1.15
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from hf_fedzo.engine import ZOEstimator, ZOOptimizer, ZOSettings
+
+
+def build_model(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
+                         num_key_value_heads=12, vocab_size=32000, tie_word_embeddings=True)
+    return LlamaForCausalLM(config).eval()
+
+
+def make_batch(batch: int, seq: int) -> dict[str, torch.Tensor]:
+    ids = torch.randint(0, 32000, (batch, seq), generator=torch.Generator().manual_seed(1))
+    return {"input_ids": ids, "labels": ids}
+
+
+def lora(model: LlamaForCausalLM) -> torch.nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+
+
+def time_setting(model: torch.nn.Module, batch: dict[str, torch.Tensor], settings: ZOSettings,
+                 repeats: int) -> tuple[float, float]:
+    estimator = ZOEstimator(model, settings)
+    optimizer = ZOOptimizer([p for p in model.parameters() if p.requires_grad], estimator, lr=1e-7)
+
+    def loss_fn() -> torch.Tensor:
+        return model(**batch).loss
+
+    estimator.prepare(loss_fn)
+    executor = estimator._executor
+    zo_times, plain_times = [], []
+    for step in range(repeats + 1):
+        start = time.perf_counter()
+        optimizer.accumulate(estimator.estimate(loss_fn, step))
+        optimizer.step()
+        zo = time.perf_counter() - start
+        # the same forwards, unperturbed
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for _ in range(settings.p1):
+                for _ in range(2):
+                    if executor is None:
+                        for _ in range(settings.p2):
+                            loss_fn()
+                    else:
+                        hidden = executor.run_prefix(loss_fn)
+                        for _ in range(settings.p2):
+                            executor.run_suffix(loss_fn, hidden)
+        plain = time.perf_counter() - start
+        if step:  # the first round warms up allocators and thread pools
+            zo_times.append(zo)
+            plain_times.append(plain)
+    return statistics.median(zo_times), statistics.median(plain_times)
+
+
+def peak_rss_child(mode: str, args: argparse.Namespace) -> float:
+    out = subprocess.run([sys.executable, __file__, "--child", mode, "--batch", str(args.batch), "--seq",
+                          str(args.seq)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+class RssSampler:
+    """Peak resident memory over a phase (ru_maxrss would include the model's construction)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def current_kib() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.current_kib())
+            time.sleep(0.002)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def child(mode: str, args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    model = build_model()
+    batch = make_batch(args.batch, args.seq)
+    gc.collect()
+    with RssSampler() as sampler:
+        if mode == "inference":
+            with torch.inference_mode():
+                for _ in range(3):
+                    model(**batch)
+        else:
+            estimator = ZOEstimator(model, ZOSettings(p1=1, p2=4, split="auto"))
+            optimizer = ZOOptimizer(list(model.parameters()), estimator, lr=1e-7)
+            for step in range(2):
+                optimizer.accumulate(estimator.estimate(lambda: model(**batch).loss, step))
+                optimizer.step()
+    print(json.dumps({"peak_mib": sampler.peak / 1024}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--child", choices=["inference", "zo"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args)
+        return
+    torch.set_num_threads(args.threads)
+    batch = make_batch(args.batch, args.seq)
+    model = build_model()
+    n = sum(p.numel() for p in model.parameters())
+    print(f"LLaMA-shaped model, {n / 1e6:.1f}M parameters, batch {args.batch}x{args.seq}, "
+          f"{args.threads} threads, torch {torch.__version__}")
+    rows = []
+    for label, settings, peft in [
+        ("full, MeZO (P1=1,P2=1,none)", ZOSettings(p1=1, p2=1, split="none"), False),
+        ("full, FedSPZO (P1=1,P2=4,auto)", ZOSettings(p1=1, p2=4, split="auto"), False),
+        ("full, FedSPZO rademacher", ZOSettings(p1=1, p2=4, split="auto", perturbation="rademacher"), False),
+        ("LoRA r8, FedSPZO (P1=1,P2=4,auto)", ZOSettings(p1=1, p2=4, split="auto"), True),
+    ]:
+        target = lora(build_model()) if peft else model
+        zo, plain = time_setting(target, batch, settings, args.repeats)
+        rows.append((label, zo, plain))
+        print(f"  {label:36s} ZO step {zo:7.3f}s  same forwards {plain:7.3f}s  ratio {zo / plain:5.2f}", flush=True)
+    inference = peak_rss_child("inference", args)
+    zo_peak = peak_rss_child("zo", args)
+    print(f"  peak RSS: inference {inference:.0f} MiB, ZO (full, P1=1,P2=4,auto) {zo_peak:.0f} MiB")
+    print("ratios:")
+    for label, zo, plain in rows:
+        print(f"  step time / plain forwards [{label}]: {zo / plain:.3f} (target <= 1.10)")
+    print(f"  ZO peak memory / inference peak memory: {zo_peak / inference:.3f} (target <= 1.15)")
+
+
+if __name__ == "__main__":
+    main()
