@@ -18,3 +18,11 @@ def tokenizer():
     from tests.tiny_models import build_tokenizer
 
     return build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def bpe():
+    """A byte-level BPE tokenizer (leading-space label words), trained in process."""
+    from tests.tiny_models import build_bpe_tokenizer
+
+    return build_bpe_tokenizer()

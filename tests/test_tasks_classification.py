@@ -14,43 +14,20 @@ from hf_fedzo.tasks import LabelWordTask, PromptTemplate, get_preset, infer_mode
 from tests.tiny_models import (
     MODEL_FACTORIES,
     bert_mlm,
-    build_bpe_tokenizer,
     build_tokenizer,
     gpt2,
     llama,
     opt,
     roberta_mlm,
+    seeded,
 )
+from tests.tiny_models import token_ids as ids
 
 EXAMPLES = [
     {"sentence": "the film was great and the acting was wonderful", "label": 1},
     {"sentence": "a dull and pointless mess", "label": 0},
     {"sentence": "it was boring", "label": 0},
 ]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run several times faster on one intra-op thread, and do not thrash when other jobs
-    share the two cores; restored afterwards so other test modules keep their setting."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def bpe():
-    return build_bpe_tokenizer()
-
-
-def ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def seeded(factory, seed: int = 0):
-    torch.manual_seed(seed)
-    return factory().eval()
 
 
 def forward(model, batch):

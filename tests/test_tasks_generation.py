@@ -8,7 +8,8 @@ from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
 from hf_fedzo.tasks import GenerationTask, PromptTemplate, gold_answers, load_task
-from tests.tiny_models import build_bpe_tokenizer, gpt2, llama
+from tests.tiny_models import gpt2, llama, seeded
+from tests.tiny_models import token_ids as ids
 
 QA = [
     {
@@ -27,30 +28,6 @@ QA = [
         "answers": {"text": ["no"], "answer_start": [0]},
     },
 ]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run several times faster on one intra-op thread, and do not thrash when other jobs
-    share the two cores; restored afterwards so other test modules keep their setting."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def bpe():
-    return build_bpe_tokenizer()
-
-
-def ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def seeded(factory, seed: int = 0):
-    torch.manual_seed(seed)
-    return factory().eval()
 
 
 def prompt_ids(tokenizer, example) -> list[int]:

@@ -186,3 +186,14 @@ def build_bpe_tokenizer(vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast
         cls_token="<s>",
         sep_token="</s>",
     )
+
+
+def token_ids(tokenizer: PreTrainedTokenizerFast, text: str) -> list[int]:
+    """Ids of ``text`` without special tokens."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def seeded(factory: Callable[[], PreTrainedModel], seed: int = 0) -> PreTrainedModel:
+    """A tiny model in eval mode whose random weights depend only on ``seed``."""
+    torch.manual_seed(seed)
+    return factory().eval()
