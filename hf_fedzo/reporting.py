@@ -1,0 +1,82 @@
+"""Run outputs: metrics JSON and PNG plots, always written atomically.
+
+A reader (a user, a Hub upload, a resumed run) sees either the previous complete file or the new
+complete file, never a half-written one: every write goes to a temporary file in the same folder,
+is flushed to disk and then renamed over the target.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+Curve = tuple[Sequence[float], Sequence[float]]
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(file)`` on a temporary file next to ``path``, fsync it, then rename it to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf are not JSON: write them as null rather than producing a file other tools reject."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write ``data`` as indented JSON, atomically."""
+    text = json.dumps(_json_safe(data), indent=2, sort_keys=False, default=str) + "\n"
+    return write_atomic(path, lambda handle: handle.write(text.encode()))
+
+
+def plot_curves(path: str | os.PathLike[str], curves: Mapping[str, Curve], *, xlabel: str, ylabel: str,
+                title: str = "", logx: bool = False) -> Path:
+    """One PNG with a line per named curve (needs the ``plots`` extra: matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot as plt
+    except ImportError as err:
+        raise ImportError("plots need matplotlib: pip install 'hf-fedzo[plots]'") from err
+
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
+    for label, (xs, ys) in curves.items():
+        axes.plot(list(xs), list(ys), marker="o", markersize=3, label=label)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    if logx:
+        axes.set_xscale("log")
+    if title:
+        axes.set_title(title)
+    axes.grid(alpha=0.3)
+    if len(curves) > 1:
+        axes.legend()
+    figure.tight_layout()
+    try:
+        return write_atomic(path, lambda handle: figure.savefig(handle, format="png"))
+    finally:
+        plt.close(figure)

@@ -1,0 +1,34 @@
+import json
+import math
+
+import pytest
+
+from hf_fedzo.reporting import plot_curves, write_atomic, write_json
+
+
+def test_write_json_replaces_atomically_and_writes_nan_as_null(tmp_path):
+    target = tmp_path / "out" / "metrics.json"
+    write_json(target, {"accuracy": 0.5})
+    write_json(target, {"accuracy": math.nan, "curve": [1.0, math.inf]})
+    assert json.loads(target.read_text()) == {"accuracy": None, "curve": [1.0, None]}
+    assert [p.name for p in target.parent.iterdir()] == ["metrics.json"]
+
+
+def test_failed_write_keeps_the_previous_file(tmp_path):
+    target = tmp_path / "metrics.json"
+    write_json(target, {"accuracy": 0.5})
+
+    def crash(handle):
+        handle.write(b'{"accur')
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(target, crash)
+    assert json.loads(target.read_text()) == {"accuracy": 0.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_plot_curves_writes_a_png(tmp_path):
+    path = plot_curves(tmp_path / "acc.png", {"a": ([1, 2], [0.5, 0.6]), "b": ([1, 3], [0.4, 0.7])},
+                       xlabel="FLOPs", ylabel="accuracy")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
