@@ -20,7 +20,7 @@ from hf_fedzo.data.vader import VADER_DOMAINS, read_vader_domains
 
 # split_fingerprint(load_vader("movie", archive_path=<default fake sdist>)). Pinned so that any change
 # to the cleaning or split algorithm (which would silently re-split users' data) fails a test.
-FAKE_MOVIE_FINGERPRINT = "cecd1ee5afcbf8891ea53405b7e12ebdc979f3a3d57e3e091ee6051dbcfbccc9"
+FAKE_MOVIE_FINGERPRINT = "513c4a0c10cf5ba975595f5c8f0f9d81d7ae0cac8c17038cd5c18a614a4dbce9"
 
 
 @pytest.fixture(scope="module")
@@ -165,10 +165,17 @@ def test_real_movie_split_counts_and_fingerprint() -> None:
     dsd = load_vader("movie")
     assert {k: v.num_rows for k, v in dsd.items()} == {"train": 8453, "validation": 1056, "test": 1057}
     assert {k: sum(v["label"]) for k, v in dsd.items()} == {"train": 4193, "validation": 524, "test": 524}
-    assert dsd["train"][0]["sentence"].startswith("The Rock is destined to be the 21st Century's new")
+    assert dsd["train"][0]["sentence"].startswith("Measured against practically any like themed film other than")
     assert split_fingerprint(dsd) == REFERENCE_FINGERPRINTS["movie"]
 
 
 @real
 def test_real_all_domains_fingerprint() -> None:
     assert split_fingerprint(load_vader("all")) == REFERENCE_FINGERPRINTS["all"]
+
+
+def test_splits_are_hash_shuffled_so_prefixes_hold_both_labels(tmp_path: Path) -> None:
+    """The source files are sorted by sentiment; a `select(range(n))` prefix must not be one-label."""
+    rows = [(str(i), (2.0 if i <= 50 else -2.0), f"sentence number {i}") for i in range(1, 101)]
+    dsd = load_vader("movie", archive_path=make_fake_vader_sdist(tmp_path / "sorted.tar.gz", {"movie": rows}))
+    assert set(dsd["train"]["label"][:20]) == {0, 1}

@@ -68,11 +68,11 @@ DEFAULT_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 #: ``split_fingerprint(load_vader(domain))`` with the default seed, fractions and no valence filter,
 #: measured on vaderSentiment 3.3.2; the real-asset tests and the demo assert against these.
 REFERENCE_FINGERPRINTS: dict[str, str] = {
-    "movie": "798eb4bc33492858e7b7cb9ceaccc117ffcc5dcb27e79b372aa953592d6150e5",
-    "amazon": "5760c3da303c0986116b604203f7081c011e02797b4d66439153d7922f179e4e",
-    "tweets": "ff75ab0086aa072345fc87688e9e920401017bafe2eac64591231282fa7e35e8",
-    "nyt": "9d872079461c2287247b0db79070a7b25459013fff5214539633573b959230a8",
-    "all": "ffefd0028f291b989a12660de099a0184e5ec120cdae48a0136c952f07673186",
+    "movie": "f5942e518732f3f38d02b630558fdb38e4095f246a92bfcbbe309915d2dd26e2",
+    "amazon": "bef50d0d5ca4160b23483a6959c7422adfc2c1ce730a61fbbf74aa9f629a512c",
+    "tweets": "2e80b2ef85bbb975b20a1b8311262eed3949f631478c5dd27e9f50b6605e2ab4",
+    "nyt": "c8ed3890c0c58417d711303934249cd7d0db271e3b02608dbed1ebd5406e1e34",
+    "all": "b4dcfe3590169160c818e70f2dc953ccb6da6dae142af78a69de3aba36b0b32a",
 }
 MOVIE_SPLIT_FINGERPRINT = REFERENCE_FINGERPRINTS["movie"]
 
@@ -179,7 +179,11 @@ def _rank_key(seed: int, record: VaderRecord) -> str:
 def _assign_splits(
     records: Sequence[VaderRecord], seed: int, fractions: Sequence[float]
 ) -> dict[str, list[VaderRecord]]:
-    """Stratified, hash-ranked assignment; each split keeps the input order."""
+    """Stratified, hash-ranked assignment; each split is ordered by the same hash rank.
+
+    The source files are sorted by sentiment, so keeping file order would make ``select(range(n))`` (or
+    ``--max_eval_samples``) a one-label subset; the hash order is a shuffle that is stable everywhere.
+    """
     assignment: dict[str, str] = {}
     for label in (0, 1):
         group = sorted((r for r in records if int(r.valence > 0) == label), key=lambda r: _rank_key(seed, r))
@@ -189,7 +193,7 @@ def _assign_splits(
             split = "train" if rank < n_train else "validation" if rank < n_train + n_validation else "test"
             assignment[record.id] = split
     splits: dict[str, list[VaderRecord]] = {name: [] for name in SPLIT_NAMES}
-    for record in records:
+    for record in sorted(records, key=lambda r: _rank_key(seed, r)):
         splits[assignment[record.id]].append(record)
     return splits
 
