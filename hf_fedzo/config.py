@@ -8,31 +8,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from hf_fedzo.engine import PERTURBATIONS, ZOSettings
-
-
-def parse_split(value: str | int | float) -> str | int | float:
-    """``"auto"``, ``"none"``, a layer index (``"6"``) or a fraction of the stack (``"0.5"``)."""
-    if isinstance(value, bool):
-        raise ValueError(f"zo_split must be 'auto', 'none', a layer index or a fraction (got {value!r})")
-    if isinstance(value, int | float):
-        parsed: str | int | float = value
-    elif value in ("auto", "none"):
-        return value
-    else:
-        try:
-            parsed = int(value)
-        except ValueError:
-            try:
-                parsed = float(value)
-            except ValueError:
-                raise ValueError(
-                    f"zo_split must be 'auto', 'none', a layer index or a fraction (got {value!r})"
-                ) from None
-    if isinstance(parsed, float) and not 0.0 < parsed < 1.0:
-        raise ValueError(f"zo_split as a fraction must lie in (0, 1) (got {parsed})")
-    if isinstance(parsed, int) and parsed < 1:
-        raise ValueError(f"zo_split as a layer index must be >= 1 (got {parsed})")
-    return parsed
+from hf_fedzo.engine.split import parse_split
 
 
 @dataclass

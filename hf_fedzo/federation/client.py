@@ -1,0 +1,121 @@
+"""A federated ZO client: replay the aggregated log, run local steps, report scalars.
+
+The client runs the same :class:`~hf_fedzo.engine.ZOEstimator` as ``ZOSplitTrainer`` (one
+implementation of the step). Between rounds it holds only its last synced weights: after its local
+steps it restores them and waits for the aggregated log, which it replays (DeComFL-style), so no
+weights are ever downloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hf_fedzo.engine import SeedScope, ZOEstimator, apply_updates
+from hf_fedzo.federation.protocol import ClientReport, LogRecord, ProtocolError, RoundInstruction, RoundSettings
+
+Batch = Mapping[str, Any]
+BatchLoss = Callable[[nn.Module, Batch], torch.Tensor]
+
+
+@dataclass
+class LocalWork:
+    """What one client's round cost, measured as it ran (not part of the wire protocol)."""
+
+    forwards_block1: int = 0
+    forwards_block2: int = 0
+    flops_block1: int = 0
+    flops_block2: int = 0
+
+    def add(self, other: LocalWork) -> None:
+        for key in vars(self):
+            setattr(self, key, getattr(self, key) + getattr(other, key))
+
+
+class ZOClient:
+    """Owns one model replica and runs clients' local ZO rounds on it.
+
+    A real client is one ``ZOClient`` answering :meth:`handle`. A simulation runs many clients on one
+    replica: the replica stays at the global state, :meth:`run_local_steps` starts from it and puts it
+    back, and :meth:`replay` moves it to the next global state.
+
+    Args:
+        model: the model with the trainable tensors (``requires_grad=True``) the federation fine-tunes.
+        batch_loss: ``batch_loss(model, batch)`` runs the forward and returns the scalar loss.
+    """
+
+    def __init__(self, model: nn.Module, batch_loss: BatchLoss) -> None:
+        self.model = model
+        self.batch_loss = batch_loss
+        self.estimator: ZOEstimator | None = None
+        self.synced_round = -1  # every log record up to this round has been applied
+
+    def _estimator_for(self, settings: RoundSettings, batch: Batch) -> ZOEstimator:
+        wanted = settings.zo_settings()
+        if self.estimator is None:
+            self.estimator = ZOEstimator(self.model, wanted)
+            self.estimator.prepare(lambda: self.batch_loss(self.model, batch))
+        elif self.estimator.settings != wanted:
+            raise ProtocolError(f"round settings {wanted} differ from this client's {self.estimator.settings}; "
+                                "ZO settings are fixed for a federation")
+        return self.estimator
+
+    def replay(self, records: Sequence[LogRecord], through_round: int, settings: RoundSettings, batch: Batch,
+               replay_after: int | None = None) -> None:
+        """Apply ``records`` (the log after ``synced_round``, in order) and mark the client synced."""
+        if replay_after is not None and replay_after != self.synced_round:
+            raise ProtocolError(f"the replay starts after round {replay_after}, but this client is synced through "
+                                f"round {self.synced_round}")
+        if through_round < self.synced_round:
+            raise ProtocolError(f"replay through round {through_round}, but this client is at {self.synced_round}")
+        rounds = [r.round for r in records]
+        if rounds != sorted(rounds) or any(not self.synced_round < r <= through_round for r in rounds):
+            raise ProtocolError(f"replay rounds {rounds} are not in order within ({self.synced_round}, "
+                                f"{through_round}]")
+        apply_updates(self._estimator_for(settings, batch), [r.update for r in records])
+        self.synced_round = through_round
+
+    @torch.no_grad()
+    def run_local_steps(self, round_id: int, seed_base: int, seed_client: int, settings: RoundSettings,
+                        batches: Sequence[Batch]) -> tuple[np.ndarray, list[float], LocalWork]:
+        """Local ZO steps from the current (synced) weights; the weights are restored before returning.
+
+        Returns the (local steps, P1, P2) float32 scalars, the loss of each step and the work done.
+        """
+        if len(batches) != settings.local_steps:
+            raise ValueError(f"batches: {len(batches)} given for {settings.local_steps} local steps")
+        estimator = self._estimator_for(settings, batches[0])
+        scope = SeedScope(seed_base, round_id, seed_client)
+        # Only steps before the last move the weights; with one local step nothing needs restoring.
+        snapshot = [p.tensor.detach().clone() for p in estimator.parameters] if settings.local_steps > 1 else []
+        scalars, losses, work = [], [], LocalWork()
+        try:
+            for step, batch in enumerate(batches):
+                estimate = estimator.estimate(lambda b=batch: self.batch_loss(self.model, b), scope.step_seed(step))
+                scalars.append(estimate.scalars.numpy())
+                losses.append(estimate.loss)
+                work.add(LocalWork(estimate.forwards_block1, estimate.forwards_block2, estimate.flops_block1,
+                                   estimate.flops_block2))
+                if step < settings.local_steps - 1:
+                    estimator.apply_update([(estimate.step_seed, estimate.scalars)], settings.lr,
+                                           settings.weight_decay)
+        finally:
+            for parameter, saved in zip(estimator.parameters, snapshot, strict=False):
+                parameter.tensor.copy_(saved)
+        return np.stack(scalars).astype(np.float32), losses, work
+
+    def handle(self, instruction: RoundInstruction, batches: Sequence[Batch],
+               num_examples: int) -> tuple[ClientReport, LocalWork]:
+        """Answer one round as a standalone client: replay what is new, run the local steps, report."""
+        settings = instruction.settings
+        self.replay(instruction.replay, instruction.round - 1, settings, batches[0], instruction.replay_after)
+        scalars, losses, work = self.run_local_steps(instruction.round, instruction.seed_base,
+                                                     instruction.seed_client, settings, batches)
+        report = ClientReport(instruction.round, instruction.client_id, num_examples, scalars,
+                              float(np.mean(losses)), float(losses[-1]))
+        return report, work

@@ -1,0 +1,81 @@
+"""``FederationConfig``: every knob of a federated ZO run, parseable with ``HfArgumentParser``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hf_fedzo.engine.split import parse_split
+from hf_fedzo.federation.aggregation import check_aggregation
+from hf_fedzo.federation.partition import PARTITIONERS
+from hf_fedzo.federation.protocol import RoundSettings
+
+# Named methods set the ZO shape; every other field stays as given.
+METHODS: dict[str, dict[str, Any]] = {
+    "fedspzo": {},  # the zo_p1 / zo_p2 / zo_split given
+    "mezo": {"zo_p1": 1, "zo_p2": 1, "zo_split": "none"},  # federated MeZO, DeComFL-style
+    "nspsa": {"zo_p1": 1, "zo_split": "none"},  # zo_p2 full-model directions per step
+}
+
+
+@dataclass
+class FederationConfig:
+    """A federation simulated on one or several processes (or served over Flower)."""
+
+    method: str = field(default="fedspzo", metadata={
+        "help": "fedspzo (split perturbations, zo_p1 x zo_p2), mezo (P1=P2=1, no split) or nspsa "
+                "(zo_p2 full-model directions, no split)", "choices": sorted(METHODS)})
+    num_clients: int = field(default=8, metadata={"help": "clients in the federation"})
+    clients_per_round: int = field(default=4, metadata={"help": "clients sampled each round (seeded)"})
+    rounds: int = field(default=20, metadata={"help": "federated rounds"})
+    local_steps: int = field(default=1, metadata={"help": "local ZO steps per sampled client per round"})
+    batch_size: int = field(default=16, metadata={"help": "examples per local step"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "ZO learning rate (applied by every replay)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay per update"})
+    zo_eps: float = field(default=1e-2, metadata={"help": "perturbation scale epsilon"})
+    zo_p1: int = field(default=1, metadata={"help": "block-1 perturbations per step (P1)"})
+    zo_p2: int = field(default=4, metadata={"help": "block-2 perturbations per block-1 perturbation (P2)"})
+    zo_split: str = field(default="auto", metadata={
+        "help": "where block 1 ends: 'auto', 'none', a layer index or a fraction of the layers"})
+    zo_perturbation: str = field(default="gaussian", metadata={"help": "gaussian or rademacher directions"})
+    zo_difference: str = field(default="central", metadata={"help": "central or forward differences"})
+    per_client_seeds: bool = field(default=False, metadata={
+        "help": "give each client its own directions (more directions per round; replay cost x clients)"})
+    aggregation: str = field(default="mean", metadata={
+        "help": "per-seed rule across clients: mean, median or trimmed_mean"})
+    weighting: str = field(default="examples", metadata={"help": "mean weights: examples or uniform"})
+    trim_fraction: float = field(default=0.1, metadata={"help": "fraction cut at each end by trimmed_mean"})
+    partition: str = field(default="dirichlet", metadata={"help": "iid, dirichlet (label skew) or domain"})
+    dirichlet_alpha: float = field(default=0.5, metadata={"help": "Dirichlet concentration (smaller = more skew)"})
+    dropout: float = field(default=0.0, metadata={"help": "fraction of sampled clients that drop out each round"})
+    seed: int = field(default=42, metadata={"help": "seeds sampling, partitions, data order and directions"})
+    eval_every: int = field(default=5, metadata={"help": "evaluate the global model every N rounds (0: end only)"})
+    flop_budget: float | None = field(default=None, metadata={
+        "help": "stop once the clients' cumulative forward FLOPs reach this (compare methods at equal compute)"})
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {sorted(METHODS)} (got {self.method!r})")
+        for key, value in METHODS[self.method].items():
+            setattr(self, key, value)
+        for name in ("num_clients", "clients_per_round", "rounds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.clients_per_round > self.num_clients:
+            raise ValueError(f"clients_per_round={self.clients_per_round} exceeds num_clients={self.num_clients}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1) (got {self.dropout})")
+        if self.partition not in PARTITIONERS:
+            raise ValueError(f"partition must be one of {sorted(PARTITIONERS)} (got {self.partition!r})")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0 (got {self.eval_every})")
+        check_aggregation(self.aggregation, self.weighting, self.trim_fraction, not self.per_client_seeds)
+        self.round_settings()
+
+    def round_settings(self) -> RoundSettings:
+        return RoundSettings(eps=self.zo_eps, p1=self.zo_p1, p2=self.zo_p2, split=parse_split(self.zo_split),
+                             perturbation=self.zo_perturbation, difference=self.zo_difference, lr=self.learning_rate,
+                             weight_decay=self.weight_decay, local_steps=self.local_steps, batch_size=self.batch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

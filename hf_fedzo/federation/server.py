@@ -1,0 +1,148 @@
+"""The federation server: sampling, instructions, validation, aggregation and the append-only log.
+
+A plain object (like a Flower strategy) holding no model: every party — server, clients, every process
+of a simulation — reaches the global weights by replaying the same log with the engine.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hf_fedzo.engine import mix_seed
+from hf_fedzo.federation.aggregation import aggregate_round
+from hf_fedzo.federation.config import FederationConfig
+from hf_fedzo.federation.protocol import (
+    MAX_MESSAGE_BYTES,
+    ClientReport,
+    LogRecord,
+    ProtocolError,
+    RoundInstruction,
+    decode,
+)
+
+_SAMPLING = 0x5A4D
+_DROPOUT = 0xD40F
+
+
+@dataclass
+class RoundState:
+    """The round being run: who was asked and what has been accepted so far."""
+
+    round: int
+    sampled: list[int]
+    reports: dict[int, ClientReport] = field(default_factory=dict)
+    rejected: dict[int, str] = field(default_factory=dict)
+
+
+class FederatedServer:
+    """Seeded client sampling, per-round instructions, report validation and aggregation.
+
+    Args:
+        config: the federation's settings.
+        max_message_bytes: reports larger than this are refused before parsing.
+    """
+
+    def __init__(self, config: FederationConfig, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        self.config = config
+        self.settings = config.round_settings()
+        self.max_message_bytes = max_message_bytes
+        self.log: list[LogRecord] = []
+        self.completed_round = -1
+        self.synced: dict[int, int] = {}  # client id → last round it replayed through
+        self.current: RoundState | None = None
+
+    # ---------------------------------------------------------------------------------------- rounds
+    def sample_clients(self, round_id: int) -> list[int]:
+        rng = random.Random(mix_seed(self.config.seed, round_id, _SAMPLING))
+        return sorted(rng.sample(range(self.config.num_clients), self.config.clients_per_round))
+
+    def dropped_clients(self, round_id: int, sampled: list[int]) -> list[int]:
+        """The sampled clients a simulation makes fail this round (``config.dropout`` of them, seeded)."""
+        count = math.floor(self.config.dropout * len(sampled))
+        rng = random.Random(mix_seed(self.config.seed, round_id, _DROPOUT))
+        return sorted(rng.sample(sampled, count))
+
+    def start_round(self, round_id: int) -> list[int]:
+        if round_id != self.completed_round + 1:
+            raise ValueError(f"round {round_id} cannot start: the last completed round is {self.completed_round}")
+        self.current = RoundState(round_id, self.sample_clients(round_id))
+        return self.current.sampled
+
+    def instruction(self, client_id: int) -> RoundInstruction:
+        state = self._state()
+        if client_id not in state.sampled:
+            raise ValueError(f"client {client_id} is not sampled in round {state.round}")
+        after = self.synced.get(client_id, -1)
+        replay = tuple(r for r in self.log if r.round > after)
+        self.synced[client_id] = state.round - 1
+        seed_client = client_id + 1 if self.config.per_client_seeds else 0
+        return RoundInstruction(state.round, client_id, self.config.seed, seed_client, self.settings, after, replay)
+
+    # -------------------------------------------------------------------------------------- reports
+    def receive(self, data: bytes) -> ClientReport:
+        """Validate one serialized report and hold it for aggregation; a bad one raises and is not kept."""
+        state = self._state()
+        report = decode(data, expect=ClientReport, max_bytes=self.max_message_bytes)
+        assert isinstance(report, ClientReport)
+        try:
+            self._validate(report, state)
+        except ProtocolError as err:
+            if report.client_id in state.sampled:
+                state.rejected[report.client_id] = str(err)
+            raise
+        state.reports[report.client_id] = report
+        return report
+
+    def _validate(self, report: ClientReport, state: RoundState) -> None:
+        who = f"report of client {report.client_id}"
+        if report.round != state.round:
+            raise ProtocolError(f"{who} is for round {report.round}; the current round is {state.round}")
+        if not 0 <= report.client_id < self.config.num_clients:
+            raise ProtocolError(f"{who}: unknown client (the federation has {self.config.num_clients})")
+        if report.client_id not in state.sampled:
+            raise ProtocolError(f"{who}: the client was not sampled in round {state.round}")
+        if report.client_id in state.reports:
+            raise ProtocolError(f"{who}: a report was already accepted this round")
+        if report.scalars.shape != self.settings.scalar_shape:
+            raise ProtocolError(f"{who}: scalars have shape {report.scalars.shape}; the round needs "
+                                f"(local_steps, P1, P2) = {self.settings.scalar_shape}")
+        if not np.isfinite(report.scalars).all():
+            raise ProtocolError(f"{who}: scalars contain NaN or infinity")
+        if report.num_examples < 1:
+            raise ProtocolError(f"{who}: num_examples must be >= 1 (got {report.num_examples})")
+        if not (math.isfinite(report.loss_mean) and math.isfinite(report.loss_last)):
+            raise ProtocolError(f"{who}: loss statistics are not finite")
+
+    def finish_round(self) -> list[LogRecord]:
+        """Aggregate the accepted reports (none: an empty round) and append the result to the log."""
+        state = self._state()
+        reports = [state.reports[k] for k in sorted(state.reports)]
+        records = aggregate_round(state.round, reports, self.settings, self.config.seed,
+                                  shared_seeds=not self.config.per_client_seeds,
+                                  aggregation=self.config.aggregation, weighting=self.config.weighting,
+                                  trim_fraction=self.config.trim_fraction)
+        self.log.extend(records)
+        self.completed_round = state.round
+        self.current = None
+        return records
+
+    def _state(self) -> RoundState:
+        if self.current is None:
+            raise ValueError("no round is in progress: call start_round() first")
+        return self.current
+
+    # ---------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {"completed_round": self.completed_round, "synced": {str(k): v for k, v in self.synced.items()},
+                "log": [r.to_json() for r in self.log]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.completed_round = int(state["completed_round"])
+        self.synced = {int(k): int(v) for k, v in state["synced"].items()}
+        self.log = [LogRecord.from_json(r) for r in state["log"]]
+        self.current = None
