@@ -1,0 +1,43 @@
+"""Glue between prompt tasks (``hf_fedzo.tasks``) and the federation: losses and client datasets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from hf_fedzo.federation.client import BatchLoss
+from hf_fedzo.federation.config import FederationConfig
+from hf_fedzo.federation.partition import describe_partition, partition_dataset
+from hf_fedzo.federation.simulation import ClientData
+
+
+def task_batch_loss(task: Any) -> BatchLoss:
+    """``batch_loss(model, batch)`` for a task whose collator puts everything the loss needs in ``labels``."""
+    compute_loss = getattr(task, "compute_loss", None)
+    if compute_loss is None:
+        raise TypeError(f"task: {type(task).__name__} has no compute_loss(outputs, labels)")
+
+    def batch_loss(model: nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return compute_loss(model(**inputs), batch["labels"])
+
+    return batch_loss
+
+
+def task_clients(task: Any, dataset: Any, config: FederationConfig,
+                 **partition_options: Any) -> tuple[list[ClientData], list[dict[str, int]]]:
+    """Partition raw ``dataset`` rows over ``config.num_clients`` clients and preprocess each client's share.
+
+    Returns the clients and, per client, its size and label counts (for the results JSON).
+    """
+    if config.partition == "dirichlet":
+        partition_options.setdefault("alpha", config.dirichlet_alpha)
+    parts = partition_dataset(dataset, config.num_clients, config.partition, seed=config.seed, **partition_options)
+    features = [task.preprocess(row) for row in dataset]
+    clients = [ClientData([features[i] for i in part], task.collator) for part in parts]
+    label_column = partition_options.get("label_column", "label")
+    labels = dataset[label_column] if label_column in dataset.column_names else [0] * len(dataset)
+    return clients, describe_partition(parts, labels)
