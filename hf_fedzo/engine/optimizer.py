@@ -53,9 +53,17 @@ class ZOUpdate:
         )
 
 
-def apply_updates(estimator: ZOEstimator, updates: Iterable[ZOUpdate]) -> None:
-    """Replay logged updates in order (a resumed client, a server, or a trajectory checkpoint)."""
+def apply_updates(estimator: ZOEstimator, updates: Iterable[ZOUpdate], retrace: bool = False) -> None:
+    """Replay logged updates in order (a resumed client, a server, or a trajectory checkpoint).
+
+    ``retrace=True`` first repeats each estimate's in-place perturb/restore arithmetic (no forwards):
+    restoring leaves floating-point residue, so only a retraced replay equals the trained weights bit for
+    bit (on the device type the run used). Without it the result differs by rounding noise (~1e-8).
+    """
     for update in updates:
+        if retrace:
+            for step_seed in update.step_seeds:
+                estimator.retrace(step_seed)
         estimator.apply_update(update.pairs(), update.lr, update.weight_decay)
 
 
