@@ -41,6 +41,7 @@ _SKIP_FILES = {"README.md", "optimizer.pt", "scheduler.pt", "scaler.pt", "traini
 _SKIP_SUFFIXES = (".tmp", ".lock", ".pth")
 _SKIP_DIRS = ("checkpoint-", "runs", "__pycache__", "wandb")
 _METRIC_FILES = ("eval_results.json", "test_results.json", "all_results.json", "metrics.json")
+FEDERATION_FILE = "federation.json"  # federation figures a federated run leaves for its card
 
 
 class PushError(RuntimeError):
@@ -138,6 +139,8 @@ def stage_run(output_dir: str | os.PathLike[str], staging: str | os.PathLike[str
 
     ``card`` sets model-card fields (``datasets``, ``dataset_name``, ``task_type``, ``license``, ``tags``,
     ``command``, ``model_name``, ``description``, …; see :class:`hf_fedzo.model_card.CardInfo`).
+    Without ``federation``, a ``federation.json`` object in the run folder (clients, rounds, bytes per
+    round, …) fills the card's federation section.
     """
     output_dir, staging = Path(output_dir), Path(staging)
     if not output_dir.is_dir():
@@ -165,6 +168,8 @@ def stage_run(output_dir: str | os.PathLike[str], staging: str | os.PathLike[str
                       model_class=record.get("model_class"))
 
     all_metrics = {**collect_metrics(output_dir), **(metrics or {})}
+    if federation is None and (output_dir / FEDERATION_FILE).is_file():
+        federation = json.loads((output_dir / FEDERATION_FILE).read_text())
     card = {k: v for k, v in card.items() if v is not None}
     for key in ("datasets", "tags"):
         if key in card:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import shlex
 import sys
@@ -63,6 +64,8 @@ __all__ = [
     "load_trajectory",
     "save_trajectory",
 ]
+
+logger = logging.getLogger(__name__)
 
 TRAJECTORY_NAME = "zo_trajectory.json"
 FORMAT = "hf_fedzo.zo_trajectory"
@@ -174,6 +177,12 @@ class Trajectory:
         estimator = optimizer.estimator
         if estimator.plan is None:
             raise RuntimeError("the trainer has not run a ZO step yet: there is no block plan to record")
+        if not optimizer.keep_history:
+            raise RuntimeError("the ZOOptimizer was built with keep_history=False: there is no update log to record")
+        if optimizer.pending:
+            # Their perturbations already touched the weights but no update logged them yet.
+            logger.warning("recording a trajectory with %d estimates pending (mid gradient accumulation): the "
+                           "replay will not reproduce the current weights", len(optimizer.pending))
         from hf_fedzo import __version__
 
         model = estimator.model

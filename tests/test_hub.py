@@ -136,6 +136,23 @@ def test_push_merged_to_a_branch(fake_hub, lora_run, tmp_path: Path) -> None:
     assert card.data.library_name == "transformers" and "merged into the full-precision" in card.text
 
 
+def test_push_full_weights_with_federation_figures(fake_hub, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    out = tmp_path / "out"
+    trainer = ZOSplitTrainer(model=llama(), args=_zo_args(out, max_steps=2, save_strategy="no", zo_split="none",
+                                                           learning_rate=1e-3), train_dataset=pattern_dataset())
+    trainer.train()
+    trainer.save_model()
+    write_json(out / "federation.json", {"clients": 8, "rounds": 2, "uplink_bytes_per_round": 2048})
+    result = push_run(out, "user/tiny-zo-full", token=TOKEN, merged=True)  # nothing to merge: pushed as is
+    files = fake_hub.files("user/tiny-zo-full")
+    assert result.variant == "full" and "model.safetensors" in files and "adapter_config.json" not in files
+    card = ModelCard(files["README.md"].decode())
+    assert card.data.library_name == "transformers" and "federated-learning" in card.data.tags
+    assert "| clients | 8 |" in card.text and "| uplink bytes per round | 2.05 KB |" in card.text
+    assert "`none` → no split" in card.text and "4 full forwards" in card.text
+
+
 def test_qlora_merge_reloads_the_base_in_full_precision(tmp_path: Path) -> None:
     from peft import PeftModel, prepare_model_for_kbit_training
     from transformers import BitsAndBytesConfig
