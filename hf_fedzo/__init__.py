@@ -16,14 +16,32 @@ _EXPORTS = {
     "ZOOptimizer": "hf_fedzo.engine",
     "ZOSettings": "hf_fedzo.engine",
     "ZOUpdate": "hf_fedzo.engine",
+    "push_run": "hf_fedzo.hub",
+    "from_trajectory": "hf_fedzo.trajectory",
+    "load_trajectory": "hf_fedzo.trajectory",
+    "save_trajectory": "hf_fedzo.trajectory",
 }
 
-__all__ = ["SeedScope", "ZOConfig", "ZOEstimator", "ZOOptimizer", "ZOSettings", "ZOSplitTrainer", "ZOUpdate"]
+__all__ = [
+    "SeedScope",
+    "ZOConfig",
+    "ZOEstimator",
+    "ZOOptimizer",
+    "ZOSettings",
+    "ZOSplitTrainer",
+    "ZOUpdate",
+    "from_trajectory",
+    "load_trajectory",
+    "push_run",
+    "save_trajectory",
+]
 
 if TYPE_CHECKING:
     from hf_fedzo.config import ZOConfig
     from hf_fedzo.engine import SeedScope, ZOEstimator, ZOOptimizer, ZOSettings, ZOUpdate
+    from hf_fedzo.hub import push_run
     from hf_fedzo.trainer import ZOSplitTrainer
+    from hf_fedzo.trajectory import from_trajectory, load_trajectory, save_trajectory
 
 
 def __getattr__(name: str) -> Any:

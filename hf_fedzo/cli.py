@@ -123,6 +123,65 @@ register_subcommand(
     )
 )
 
+# --------------------------------------------------------------------------------------------------
+# push
+# --------------------------------------------------------------------------------------------------
+
+
+def _add_push_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="the run folder (trainer output_dir)")
+    parser.add_argument("--repo-id", required=True, help="Hub repo to push to, e.g. user/smollm2-zo-sst2")
+    parser.add_argument("--merged", action="store_true",
+                        help="merge the LoRA adapter into the full-precision base and push the merged model")
+    parser.add_argument("--private", action="store_true", default=None, help="create the repo as private")
+    parser.add_argument("--revision", "--branch", dest="revision", default=None,
+                        help="branch to commit to (created from main if missing; default main)")
+    parser.add_argument("--token", default=None, help="Hub token with write access (default: HF_TOKEN / login)")
+    parser.add_argument("--commit-message", default=None)
+    parser.add_argument("--base-model", default=None,
+                        help="with --merged: full-precision base to merge into (default: the recorded base)")
+    parser.add_argument("--merge-dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="dtype the base is reloaded in before merging (default float32)")
+    parser.add_argument("--dataset", dest="datasets", action="append", default=None, metavar="DATASET_ID",
+                        help="Hub id of a training/eval dataset (repeatable); labels the card's eval results")
+    parser.add_argument("--dataset-name", default=None, help="pretty dataset name for the results")
+    parser.add_argument("--dataset-config", default=None)
+    parser.add_argument("--dataset-split", default=None)
+    parser.add_argument("--task-type", default=None, help="e.g. text-classification (default: from the model class)")
+    parser.add_argument("--license", default=None)
+    parser.add_argument("--tag", dest="tags", action="append", default=None, help="extra card tag (repeatable)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait on any Hub request")
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    from hf_fedzo.hub import PushError, push_run
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        result = push_run(
+            args.output_dir, args.repo_id, merged=args.merged, private=args.private, revision=args.revision,
+            token=args.token, commit_message=args.commit_message, base_model=args.base_model,
+            merge_dtype=args.merge_dtype, timeout=args.timeout, datasets=args.datasets,
+            dataset_name=args.dataset_name, dataset_config=args.dataset_config, dataset_split=args.dataset_split,
+            task_type=args.task_type, license=args.license, tags=args.tags,
+        )
+    except PushError as err:
+        print(f"hf-fedzo push: {err}", file=sys.stderr)
+        return 1
+    print(f"hf-fedzo push: {result.variant} -> {result.repo_id}@{result.revision} ({len(result.files)} files) "
+          f"{result.commit_url or ''}".rstrip())
+    return 0
+
+
+register_subcommand(
+    Subcommand(
+        name="push",
+        help="share a run on the Hub: adapter or merged weights, model card, metrics, plots, trajectory",
+        add_arguments=_add_push_arguments,
+        run=_run_push,
+    )
+)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,13 +1,14 @@
 """``ZOSplitTrainer``: a drop-in ``transformers.Trainer`` that trains with forward passes only.
 
 Only small public hooks are overridden (``create_optimizer``, ``training_step``, ``log``,
-``floating_point_ops``, ``create_model_card``); transformers' own loop drives epochs, gradient
-accumulation, schedulers, callbacks, evaluation, checkpoints and resumption.
+``floating_point_ops``, ``save_model``, ``create_model_card``); transformers' own loop drives epochs,
+gradient accumulation, schedulers, callbacks, evaluation, checkpoints and resumption.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -63,6 +64,10 @@ class ZOSplitTrainer(Trainer):
             params = [p for p in target.parameters() if p.requires_grad]
             self.optimizer = ZOOptimizer(params, self.zo_estimator, lr=self.args.learning_rate,
                                          weight_decay=self.args.weight_decay)
+            from hf_fedzo.trajectory import capture_start
+
+            # Before the first step; on resume, load_state_dict replaces it with the original run's start.
+            self.optimizer.trajectory_start = capture_start(target)
         return self.optimizer
 
     @property
@@ -131,20 +136,73 @@ class ZOSplitTrainer(Trainer):
             logs.update({f"zo/{k}": float(v) for k, v in self._zo_totals.items()})
         super().log(logs, start_time)
 
+    # ---------------------------------------------------------------------------------- trajectory
+    def save_trajectory(self, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> Path:
+        """Write the run's trajectory checkpoint (default ``output_dir/zo_trajectory.json``); see
+        :mod:`hf_fedzo.trajectory`. ``kwargs`` go to ``Trajectory.from_trainer`` (``base_model``, ``command``…)."""
+        from hf_fedzo.trajectory import TRAJECTORY_NAME, save_trajectory
+
+        return save_trajectory(path if path is not None else Path(self.args.output_dir) / TRAJECTORY_NAME, self,
+                               **kwargs)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save as ``Trainer`` does, plus ``zo_trajectory.json`` once a step has run (checkpoints included)."""
+        super().save_model(output_dir, _internal_call)
+        if self.is_world_process_zero() and self.zo_estimator is not None and self.zo_estimator.plan is not None:
+            from hf_fedzo.trajectory import TRAJECTORY_NAME
+
+            self.save_trajectory(Path(output_dir or self.args.output_dir) / TRAJECTORY_NAME)
+
+    def run_record(self) -> dict[str, Any]:
+        """The trajectory record as a dict, or the part of it known before the first step."""
+        if self.zo_estimator is not None and self.zo_estimator.plan is not None:
+            from hf_fedzo.trajectory import Trajectory
+
+            return Trajectory.from_trainer(self).to_dict()
+        from dataclasses import asdict
+
+        return {
+            "settings": asdict(self.args.zo_settings),
+            "seed": {"base": self.seed_scope.base, "round": self.seed_scope.round, "client": self.seed_scope.client},
+            "run": {"global_step": self.state.global_step, "totals": dict(self._zo_totals),
+                    "learning_rate": self.args.learning_rate, "weight_decay": self.args.weight_decay},
+        }
+
     # ------------------------------------------------------------------------------------ model card
     def create_model_card(self, language: str | None = None, license: str | None = None,
                           tags: str | list[str] | None = None, model_name: str | None = None,
                           finetuned_from: str | None = None, tasks: str | list[str] | None = None,
                           dataset_tags: str | list[str] | None = None, dataset: str | list[str] | None = None,
                           dataset_args: str | list[str] | None = None) -> None:
-        """Write README.md describing the ZO run (transformers' card would claim an AdamW optimizer)."""
+        """Write README.md describing the ZO run (transformers' card would claim an AdamW optimizer).
+
+        Rendered by the same template and code as ``hf-fedzo push`` (:mod:`hf_fedzo.model_card`).
+        """
         if not self.is_world_process_zero():
             return
-        from hf_fedzo.model_card import render_model_card
+        from hf_fedzo.model_card import card_info_from_record, card_tags, render_model_card
+        from hf_fedzo.trajectory import TRAJECTORY_NAME
 
-        card = render_model_card(
-            self.args, self.model, self.state, model_name=model_name, finetuned_from=finetuned_from,
-            dataset=dataset, tags=[*self._tag_names, *([tags] if isinstance(tags, str) else tags or [])],
-            language=language, license=license, totals=self._zo_totals,
+        record = self.run_record()
+        metrics: dict[str, float] = {}
+        for entry in self.state.log_history:  # the latest evaluation wins
+            metrics.update({k: v for k, v in entry.items() if k.startswith("eval_")})
+        datasets = card_tags(dataset_tags)
+        names = card_tags(dataset)
+        configs = card_tags(dataset_args)
+        info = card_info_from_record(
+            record,
+            model_name=model_name or self.args.hub_model_id or Path(self.args.output_dir).name,
+            repo_id=self.args.hub_model_id,
+            base_model=finetuned_from,
+            license=license,
+            language=language,
+            tags=[*self._tag_names, *card_tags(tags)],
+            datasets=datasets,
+            dataset_name=names[0] if names else None,
+            dataset_config=configs[0] if configs else None,
+            task_type=card_tags(tasks)[0] if tasks else None,
+            metrics=metrics,
+            trajectory_file=TRAJECTORY_NAME if "updates" in record else None,
         )
-        card.save(os.path.join(self.args.output_dir, "README.md"))
+        render_model_card(info).save(os.path.join(self.args.output_dir, "README.md"))

@@ -1,16 +1,45 @@
 import os
 
+import pytest
+import torch
+
+from tests.fake_hub import FakeHub
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_EVALUATE_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest
-import torch
+# huggingface_hub reads HF_ENDPOINT once, at import (download URLs are built from it), so the fake Hub
+# must be listening and named here, before any test module imports transformers or huggingface_hub.
+# The real-Hub test opts out and keeps the user's endpoint.
+REAL_HUB = os.environ.get("HF_FEDZO_REAL_HUB_TEST") == "1"
+FAKE_HUB: FakeHub | None = None if REAL_HUB else FakeHub().start()
+if FAKE_HUB is not None:
+    os.environ["HF_ENDPOINT"] = FAKE_HUB.endpoint
 
 # Tiny models gain nothing from intra-op threads, and OpenMP barriers stall badly when the
 # machine is shared: one thread keeps the suite fast and its timing stable.
 torch.set_num_threads(1)
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
+    """The session's fake Hub, emptied, with this process's huggingface_hub online and caching under tmp."""
+    if FAKE_HUB is None:
+        pytest.skip("HF_FEDZO_REAL_HUB_TEST=1: the fake Hub is off")
+    from huggingface_hub import constants
+
+    if FAKE_HUB.endpoint != constants.ENDPOINT:
+        pytest.fail(f"huggingface_hub was imported before conftest set HF_ENDPOINT ({constants.ENDPOINT})")
+    FAKE_HUB.reset()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the suite runs with HF_HUB_OFFLINE=1
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path_factory.mktemp("hub_cache")))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    yield FAKE_HUB
+    unrouted = list(FAKE_HUB.unrouted)
+    FAKE_HUB.reset()
+    assert not unrouted, f"the client called endpoints the fake Hub does not implement: {unrouted}"
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ Without a split all parameters form one block and the P1·P2 directions are full
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -103,10 +103,7 @@ class ZOEstimator:
         s = self.settings
         eps = s.eps
         executor = self._executor
-        tied = plan.tied
-        tied_ids = {p.index for p in tied}
-        untied1 = [p for p in plan.block1 if p.index not in tied_ids]
-        sides = (1, -1) if s.difference == "central" else (1,)
+        sides = self._sides
         assert self._layers is not None
         counter = FlopCounter(self.model, self._layers)
         forwards = [0, 0]
@@ -128,40 +125,19 @@ class ZOEstimator:
             flops[1] += counter.take()
             return loss.detach().float().reshape(())
 
-        def shift(params: Sequence[IndexedParameter], seed: int, coef: float) -> None:
-            self.applier.add_(params, [(seed, coef)])
-
         losses = torch.zeros(s.p1, s.p2, len(sides))
+        cached: dict[int, torch.Tensor | None] = {}
         baseline: torch.Tensor | None = None
         was_training = self.model.training
         self.model.eval()
         try:
             if s.difference == "forward":
                 baseline = block2(block1())
-            for i in range(s.p1):
-                u = direction_seed(step_seed, BLOCK1, i)
-                cached: dict[int, torch.Tensor | None] = {}
-                at1 = 0
-                for side in sides:
-                    shift(plan.block1, u, (side - at1) * eps)
-                    at1 = side
+            for i, j, side in self._walk(plan, step_seed):
+                if j is None:
                     cached[side] = block1()
-                at_tied = at1
-                for j in range(s.p2):
-                    v = direction_seed(step_seed, BLOCK2, i, j)
-                    # Start on the side the tied tensors already sit on, so they flip once per direction.
-                    order = sorted(sides, key=lambda side: side != at_tied) if tied else sides
-                    at2 = 0
-                    for side in order:
-                        shift(plan.block2, v, (side - at2) * eps)
-                        at2 = side
-                        if tied and at_tied != side:
-                            shift(tied, u, (side - at_tied) * eps)
-                            at_tied = side
-                        losses[i, j, sides.index(side)] = block2(cached[side])
-                    shift(plan.block2, v, -at2 * eps)
-                shift(untied1, u, -at1 * eps)
-                shift(tied, u, -at_tied * eps)
+                else:
+                    losses[i, j, sides.index(side)] = block2(cached[side])
         finally:
             counter.remove()
             self.model.train(was_training)
@@ -179,6 +155,65 @@ class ZOEstimator:
             scalars = torch.nan_to_num(scalars, nan=0.0, posinf=0.0, neginf=0.0)
         return ZOEstimate(step_seed, scalars.float(), mean_loss, forwards[0], forwards[1], flops[0], flops[1],
                           {"nonfinite_scalars": float(nonfinite)})
+
+    @property
+    def _sides(self) -> tuple[int, ...]:
+        return (1, -1) if self.settings.difference == "central" else (1,)
+
+    def _walk(self, plan: SplitPlan, step_seed: int) -> Iterator[tuple[int, int | None, int]]:
+        """Perturb the parameters in place, pausing at every evaluation point of one ZO step.
+
+        Yields ``(i, None, side)`` when block 1 sits at θ1 + side·ε·u_i and ``(i, j, side)`` when block 2
+        sits at θ2 + side·ε·v_ij; the caller runs the matching forward before resuming. Restoring by
+        subtraction is not exact in floating point, so this walk is the single source of the in-place
+        arithmetic: ``estimate`` runs forwards at each pause and ``retrace`` runs none, which is what
+        lets a replay reproduce trained weights bit for bit.
+        """
+        s = self.settings
+        eps = s.eps
+        sides = self._sides
+        tied = plan.tied
+        tied_ids = {p.index for p in tied}
+        untied1 = [p for p in plan.block1 if p.index not in tied_ids]
+
+        def shift(params: Sequence[IndexedParameter], seed: int, coef: float) -> None:
+            self.applier.add_(params, [(seed, coef)])
+
+        for i in range(s.p1):
+            u = direction_seed(step_seed, BLOCK1, i)
+            at1 = 0
+            for side in sides:
+                shift(plan.block1, u, (side - at1) * eps)
+                at1 = side
+                yield i, None, side
+            at_tied = at1
+            for j in range(s.p2):
+                v = direction_seed(step_seed, BLOCK2, i, j)
+                # Start on the side the tied tensors already sit on, so they flip once per direction.
+                order = sorted(sides, key=lambda side: side != at_tied) if tied else sides
+                at2 = 0
+                for side in order:
+                    shift(plan.block2, v, (side - at2) * eps)
+                    at2 = side
+                    if tied and at_tied != side:
+                        shift(tied, u, (side - at_tied) * eps)
+                        at_tied = side
+                    yield i, j, side
+                shift(plan.block2, v, -at2 * eps)
+            shift(untied1, u, -at1 * eps)
+            shift(tied, u, -at_tied * eps)
+
+    @torch.no_grad()
+    def retrace(self, step_seed: int) -> None:
+        """Repeat the perturb/restore arithmetic of ``estimate(…, step_seed)`` without running the model.
+
+        The restore leaves rounding residue (θ + εz − 2εz + εz ≠ θ in floating point); a bit-exact
+        replay of a run must therefore retrace every estimate before applying its update.
+        """
+        if self.plan is None:
+            raise RuntimeError("retrace() needs a plan: run prepare() first or set one from a trajectory")
+        for _ in self._walk(self.plan, step_seed):
+            pass
 
     # --------------------------------------------------------------------------------------- update
     def update_terms(self, step_seed: int, scalars: torch.Tensor) -> tuple[list[Term], list[Term]]:

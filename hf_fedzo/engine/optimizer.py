@@ -53,9 +53,17 @@ class ZOUpdate:
         )
 
 
-def apply_updates(estimator: ZOEstimator, updates: Iterable[ZOUpdate]) -> None:
-    """Replay logged updates in order (a resumed client, a server, or a trajectory checkpoint)."""
+def apply_updates(estimator: ZOEstimator, updates: Iterable[ZOUpdate], retrace: bool = False) -> None:
+    """Replay logged updates in order (a resumed client, a server, or a trajectory checkpoint).
+
+    ``retrace=True`` first repeats each estimate's in-place perturb/restore arithmetic (no forwards):
+    restoring leaves floating-point residue, so only a retraced replay equals the trained weights bit for
+    bit (on the device type the run used). Without it the result differs by rounding noise (~1e-8).
+    """
     for update in updates:
+        if retrace:
+            for step_seed in update.step_seeds:
+                estimator.retrace(step_seed)
         estimator.apply_update(update.pairs(), update.lr, update.weight_decay)
 
 
@@ -71,6 +79,9 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.keep_history = keep_history
         self.pending: list[ZOEstimate] = []
         self.history: list[ZOUpdate] = []
+        # What the history starts from (e.g. an adapter's random initial values): saved with the history so a
+        # resumed run still knows the original starting point, not the checkpoint it resumed from.
+        self.trajectory_start: dict[str, Any] = {}
 
     def accumulate(self, estimate: ZOEstimate) -> None:
         self.pending.append(estimate)
@@ -94,10 +105,14 @@ class ZOOptimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["zo_history"] = [u.to_dict() for u in self.history]
+        state["zo_trajectory_start"] = self.trajectory_start
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         history = state_dict.pop("zo_history", [])
+        start = state_dict.pop("zo_trajectory_start", None)
         super().load_state_dict(state_dict)
         self.history = [ZOUpdate.from_dict(u) for u in history]
+        if start is not None:
+            self.trajectory_start = start
