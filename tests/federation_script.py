@@ -13,7 +13,8 @@ out = sys.argv[1]
 torch.set_num_threads(1)
 state = PartialState(cpu=True)
 model = tiny_model()
-result = simulate_federation(model, batch_loss, client_data(), config(dropout=0.34), output_dir=f"{out}/run")
+result = simulate_federation(model, batch_loss, client_data(), config(dropout=0.34, local_steps=1),
+                             output_dir=f"{out}/run")
 with open(f"{out}/rank{state.process_index}.json", "w") as f:
     json.dump({"world": state.num_processes, "checksum": checksum(model),
                "rounds": [{k: v for k, v in r.items() if k != "seconds"} for r in result.rounds]}, f)

@@ -167,9 +167,10 @@ def test_mean_of_client_updates_equals_the_aggregated_replay() -> None:
 
 
 # -------------------------------------------------------------------------------------------- replay
-def test_standalone_clients_replay_to_the_global_model_bit_for_bit() -> None:
+@pytest.mark.parametrize("local_steps", [1, 2])
+def test_standalone_clients_replay_to_the_global_model_bit_for_bit(local_steps: int) -> None:
     """Three clients with their own replicas, two sampled per round: each replays what it missed."""
-    cfg = config(num_clients=3, clients_per_round=2, rounds=4)
+    cfg = config(num_clients=3, clients_per_round=2, rounds=4, local_steps=local_steps)
     data = client_data(num_clients=3)
     server = FederatedServer(cfg)
     clients = [ZOClient(tiny_model(), batch_loss) for _ in range(3)]
@@ -300,7 +301,7 @@ def test_two_process_simulation_matches_one_process(tmp_path: Path) -> None:
     assert ranks[0] == ranks[1]
 
     single = tiny_model()
-    result = simulate_federation(single, batch_loss, client_data(), config(dropout=0.34))
+    result = simulate_federation(single, batch_loss, client_data(), config(dropout=0.34, local_steps=1))
     assert checksum(single) == ranks[0]["checksum"]
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in result.rounds] == ranks[0]["rounds"]
     assert any(r["dropped"] for r in result.rounds)

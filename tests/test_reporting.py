@@ -12,6 +12,7 @@ def test_write_json_replaces_atomically_and_writes_nan_as_null(tmp_path):
     write_json(target, {"accuracy": math.nan, "curve": [1.0, math.inf]})
     assert json.loads(target.read_text()) == {"accuracy": None, "curve": [1.0, None]}
     assert [p.name for p in target.parent.iterdir()] == ["metrics.json"]
+    assert target.stat().st_mode & 0o044 == 0o044  # readable by others, like the model files beside it
 
 
 def test_failed_write_keeps_the_previous_file(tmp_path):

@@ -91,8 +91,10 @@ class ZOClient:
             raise ValueError(f"batches: {len(batches)} given for {settings.local_steps} local steps")
         estimator = self._estimator_for(settings, batches[0])
         scope = SeedScope(seed_base, round_id, seed_client)
-        # Only steps before the last move the weights; with one local step nothing needs restoring.
-        snapshot = [p.tensor.detach().clone() for p in estimator.parameters] if settings.local_steps > 1 else []
+        # Restoring from a copy, not by subtraction: θ + εz − 2εz + εz ≠ θ in floating point, and any residue
+        # would make this replica differ from one that only replayed the log. The copy holds the trainable
+        # tensors only (small for adapters) and lives on the CPU.
+        snapshot = [p.tensor.detach().to("cpu", copy=True) for p in estimator.parameters]
         scalars, losses, work = [], [], LocalWork()
         try:
             for step, batch in enumerate(batches):
@@ -105,7 +107,7 @@ class ZOClient:
                     estimator.apply_update([(estimate.step_seed, estimate.scalars)], settings.lr,
                                            settings.weight_decay)
         finally:
-            for parameter, saved in zip(estimator.parameters, snapshot, strict=False):
+            for parameter, saved in zip(estimator.parameters, snapshot, strict=True):
                 parameter.tensor.copy_(saved)
         return np.stack(scalars).astype(np.float32), losses, work
 
