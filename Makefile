@@ -18,10 +18,10 @@ setup: $(STAMP)
 
 test: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
-	$(BIN)/ruff check hf_fedzo tests benchmarks
+	$(BIN)/ruff check hf_fedzo tests recipes benchmarks
 
 lint: setup
-	$(BIN)/ruff check hf_fedzo tests benchmarks
+	$(BIN)/ruff check hf_fedzo tests recipes benchmarks
 
 # The offline demo (real SmolLM2 on VADER movie sentences) is not built yet: say so instead of failing oddly.
 demo:

@@ -96,7 +96,9 @@ class ZOSplitTrainer(Trainer):
 
         def loss_fn() -> torch.Tensor:
             with self.compute_loss_context_manager():
-                return self.compute_loss(model, inputs)
+                # A copy per forward: with `compute_loss_func` or label smoothing, Trainer.compute_loss pops
+                # "labels" from the dict it is given, which would leave every later perturbation without labels.
+                return self.compute_loss(model, dict(inputs))
 
         estimate = optimizer.estimator.estimate(loss_fn, self._next_step_seed())
         if self.accelerator.num_processes > 1:

@@ -129,6 +129,21 @@ def test_resume_is_bit_exact(tmp_path: Path) -> None:
     assert len(state["zo_history"]) == 6
 
 
+def test_compute_loss_func_sees_labels_in_every_forward(tmp_path: Path) -> None:
+    """Trainer.compute_loss pops "labels" when `compute_loss_func` is set; each ZO forward must still get them."""
+    seen: list[bool] = []
+
+    def loss_func(outputs: object, labels: torch.Tensor | None, num_items_in_batch: object = None) -> torch.Tensor:
+        seen.append(labels is not None)
+        logits = outputs.logits[:, :-1]
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1))
+
+    trainer = ZOSplitTrainer(model=llama(), args=_args(tmp_path, max_steps=1, zo_p2=2),
+                             train_dataset=pattern_dataset(8), compute_loss_func=loss_func)
+    trainer.train()
+    assert len(seen) >= 2 * 2 and all(seen)  # at least the 2·P1·P2 block-2 losses
+
+
 def test_accepts_plain_training_arguments(tmp_path: Path) -> None:
     args = TrainingArguments(output_dir=str(tmp_path), max_steps=1, report_to=[], use_cpu=True, save_strategy="no",
                              per_device_train_batch_size=4, disable_tqdm=True)

@@ -1,0 +1,24 @@
+"""What the scripts in `recipes/` share: flags, model loading with PEFT, data splits, metric history, outputs.
+
+Recipes stay short, user-readable scripts; everything two of them would otherwise copy lives here, one
+module per concern. This package never imports `recipes/`.
+"""
+
+from hf_fedzo.runs.cli import DataArguments, ModelArguments, recipe_parser, run_recipe
+from hf_fedzo.runs.data import load_splits
+from hf_fedzo.runs.history import MetricHistory
+from hf_fedzo.runs.models import ModelUnavailableError, load_model, load_tokenizer
+from hf_fedzo.runs.outputs import write_run_outputs
+
+__all__ = [
+    "DataArguments",
+    "MetricHistory",
+    "ModelArguments",
+    "ModelUnavailableError",
+    "load_model",
+    "load_splits",
+    "load_tokenizer",
+    "recipe_parser",
+    "run_recipe",
+    "write_run_outputs",
+]

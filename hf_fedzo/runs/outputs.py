@@ -1,0 +1,79 @@
+"""What a recipe leaves in `output_dir` besides the model: `metrics.json` and `<metric>_vs_flops.png`."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from transformers import Trainer
+
+from hf_fedzo.reporting import plot_curves, write_json
+from hf_fedzo.runs.history import MetricHistory
+from hf_fedzo.trainer import ZOSplitTrainer
+
+METRICS_FILE = "metrics.json"
+
+# A short, stable subset of TrainingArguments: enough to tell runs apart (training_args.bin has the rest).
+_TRAINING_KEYS = ("learning_rate", "lr_scheduler_type", "weight_decay", "max_steps", "num_train_epochs",
+                  "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "bf16")
+
+
+def write_run_outputs(trainer: Trainer, history: MetricHistory, *, recipe: str, metric: str, wall_time_s: float,
+                      arguments: tuple[Any, ...] = ()) -> dict[str, Any]:
+    """Summarize the run, and on the main process write it as JSON plus a metric-vs-FLOPs plot.
+
+    Args:
+        trainer: the trainer after `train()` and the final evaluation.
+        history: the callback that recorded every evaluation (zero-shot first, final last).
+        recipe: the recipe's name, recorded in the JSON.
+        metric: the plotted metric without `eval_` prefix (`accuracy`, `f1`).
+        wall_time_s: wall time of the whole run, loading and evaluations included.
+        arguments: the recipe's argument dataclasses (besides the training arguments), recorded as given.
+
+    Returns:
+        The summary written to `metrics.json` (returned on every process).
+    """
+    if not history.points:
+        raise ValueError("history has no evaluation: call history.evaluate(trainer) before and after training")
+    key = f"eval_{metric}"
+    zero_order = isinstance(trainer, ZOSplitTrainer)
+    args = trainer.args
+    summary: dict[str, Any] = {
+        "recipe": recipe,
+        "trainer": type(trainer).__name__,
+        "metric": metric,
+        "zero_shot": {metric: history.points[0].get(key), **history.points[0]},
+        "final": {metric: history.points[-1].get(key), **history.points[-1]},
+        "total_flos": float(trainer.state.total_flos),
+        "flos_counted": ("forward passes actually run" if zero_order
+                         else "transformers' 6·params·tokens estimate (forward + backward)"),
+        "global_step": trainer.state.global_step,
+        "wall_time_s": wall_time_s,
+        "train_samples": _length(trainer.train_dataset),
+        "eval_samples": _length(trainer.eval_dataset),
+        "world_size": args.world_size,
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        "loaded_in_4bit": bool(getattr(trainer.model, "is_loaded_in_4bit", False)),
+        "arguments": {
+            **{type(a).__name__: dataclasses.asdict(a) for a in arguments},
+            "training": {k: getattr(args, k) for k in _TRAINING_KEYS},
+            "zo": {k: v for k, v in args.to_dict().items() if k.startswith("zo_")} if zero_order else None,
+        },
+        "history": history.points,
+    }
+    if trainer.is_world_process_zero():
+        output_dir = Path(args.output_dir)
+        write_json(output_dir / METRICS_FILE, summary)
+        xlabel = "cumulative forward FLOPs" if zero_order else "cumulative training FLOPs (estimate)"
+        label = "zeroth-order" if zero_order else "first-order (Trainer)"
+        plot_curves(output_dir / f"{metric}_vs_flops.png", {label: history.curve(key)}, xlabel=xlabel,
+                    ylabel=metric, title=f"{recipe}: {metric} vs FLOPs")
+    return summary
+
+
+def _length(dataset: Any) -> int | None:
+    try:
+        return len(dataset)
+    except TypeError:
+        return None
