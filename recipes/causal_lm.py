@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with args.main_process_first(desc="load and tokenize the data"):
         raw = load_splits(data_args)
         train, validation = task.preprocess_dataset(raw["train"]), task.preprocess_dataset(raw["validation"])
-    model = load_model(model_args, "causal", args)
+    model = load_model(model_args, "causal", args.device)
 
     history = MetricHistory()  # accuracy against the forward FLOPs spent, at every evaluation
     trainer_cls = Trainer if model_args.first_order else ZOSplitTrainer

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with args.main_process_first(desc="load and tokenize the data"):
         raw = load_splits(data_args)
         train, validation = task.preprocess_dataset(raw["train"]), task.preprocess_dataset(raw["validation"])
-    model = load_model(model_args, "causal", args)
+    model = load_model(model_args, "causal", args.device)
 
     # Trainer's evaluation loop cannot generate: each evaluation also generates answers to the raw questions.
     def generated_answer_scores(model: nn.Module) -> Mapping[str, float]:

@@ -12,7 +12,7 @@ from hf_fedzo.runs.cli import ModelArguments
 from hf_fedzo.tasks import ModelKind
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase, TrainingArguments
+    from transformers import PreTrainedTokenizerBase
 
 
 class ModelUnavailableError(OSError):
@@ -56,7 +56,7 @@ def load_tokenizer(model_args: ModelArguments, kind: ModelKind = "causal") -> Pr
         raise _unavailable(name, flag, kind, err) from err
 
 
-def load_model(model_args: ModelArguments, kind: ModelKind, args: TrainingArguments) -> nn.Module:
+def load_model(model_args: ModelArguments, kind: ModelKind, device: torch.device | str = "cpu") -> nn.Module:
     """The model for `kind` ("mlm" or "causal"), wrapped in LoRA adapters when `--peft lora|qlora`.
 
     QLoRA loads the base in 4-bit nf4 with double quantization; only the adapters are trainable, which is
@@ -73,7 +73,7 @@ def load_model(model_args: ModelArguments, kind: ModelKind, args: TrainingArgume
             bnb_4bit_compute_dtype=dtype,
         )
         # Quantization happens while loading, so weights must land on this process's device right away.
-        kwargs["device_map"] = {"": str(args.device)}
+        kwargs["device_map"] = {"": str(device)}
     try:
         model = auto.from_pretrained(model_args.model_name_or_path, **kwargs)
     except OSError as err:
