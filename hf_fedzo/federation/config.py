@@ -10,7 +10,7 @@ from hf_fedzo.federation.aggregation import check_aggregation
 from hf_fedzo.federation.partition import PARTITIONERS
 from hf_fedzo.federation.protocol import RoundSettings
 
-# Named methods set the ZO shape; every other field stays as given.
+# Named methods fix part of the ZO shape (applied by round_settings); every other field stays as given.
 METHODS: dict[str, dict[str, Any]] = {
     "fedspzo": {},  # the zo_p1 / zo_p2 / zo_split given
     "mezo": {"zo_p1": 1, "zo_p2": 1, "zo_split": "none"},  # federated MeZO, DeComFL-style
@@ -56,8 +56,6 @@ class FederationConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {sorted(METHODS)} (got {self.method!r})")
-        for key, value in METHODS[self.method].items():
-            setattr(self, key, value)
         for name in ("num_clients", "clients_per_round", "rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
@@ -73,9 +71,15 @@ class FederationConfig:
         self.round_settings()
 
     def round_settings(self) -> RoundSettings:
-        return RoundSettings(eps=self.zo_eps, p1=self.zo_p1, p2=self.zo_p2, split=parse_split(self.zo_split),
+        """The settings every party runs: the ``zo_*`` fields, with the method's fixed ones on top.
+
+        The fields themselves are left as given, so ``dataclasses.replace(config, method=...)`` turns a
+        FedSPZO config into its MeZO baseline and back without losing ``zo_p2`` or ``zo_split``.
+        """
+        zo = {"zo_p1": self.zo_p1, "zo_p2": self.zo_p2, "zo_split": self.zo_split} | METHODS[self.method]
+        return RoundSettings(eps=self.zo_eps, p1=zo["zo_p1"], p2=zo["zo_p2"], split=parse_split(zo["zo_split"]),
                              perturbation=self.zo_perturbation, difference=self.zo_difference, lr=self.learning_rate,
                              weight_decay=self.weight_decay, local_steps=self.local_steps, batch_size=self.batch_size)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"round_settings": asdict(self.round_settings())}

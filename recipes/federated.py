@@ -1,0 +1,138 @@
+"""Federated zeroth-order fine-tuning: clients exchange (seed, scalar) pairs, never weights.
+
+--method (FedSPZO by default) runs a federation of --num_clients clients (a seeded --partition of the training
+split; --clients_per_round sampled per round) and is evaluated on the held-out split before and after. Each
+method in --compare_with (federated MeZO by default) then runs on the same clients until it has spent the
+same forward FLOPs, so the comparison is at equal compute.
+
+    # The offline demo (`make demo`): SmolLM2-135M with LoRA on the VADER movie sentences, FedSPZO vs MeZO.
+    python recipes/federated.py --output_dir out/federated --dataset vader \
+        --model_name_or_path "$(python -c 'from hf_fedzo.data import smollm2_path; print(smollm2_path())')"
+    # Many clients over several processes (or GPUs): the sampled clients are spread over the processes.
+    accelerate launch --num_processes 4 recipes/federated.py --output_dir out/fed --num_clients 100
+
+Outputs, per method in <output_dir>/<method>/: the adapter, federation_results.json (per round: clients,
+drop-outs, bytes up and down, forwards and FLOPs per block, wall time, eval), accuracy plots vs rounds,
+FLOPs and bytes; and in <output_dir>: summary.json and accuracy_vs_flops.png with every method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import PartialState
+
+from hf_fedzo.data import load_task_dataset
+from hf_fedzo.federation import FederationConfig, simulate_federation
+from hf_fedzo.federation.tasks import task_batch_loss, task_clients
+from hf_fedzo.reporting import plot_curves, write_json
+from hf_fedzo.runs import DataArguments, ModelArguments, load_model, load_tokenizer, recipe_parser, run_recipe
+from hf_fedzo.tasks import load_task
+
+
+@dataclass
+class RunArguments:
+    output_dir: str = field(metadata={"help": "Where every method's results, plots and adapter go."})
+    compare_with: list[str] = field(default_factory=lambda: ["mezo"], metadata={
+        "help": "Methods run after --method at the forward-FLOP budget it spent (fedspzo, mezo, nspsa; none)."})
+    eval_samples: int = field(default=128, metadata={"help": "Validation examples scored every --eval_every rounds."})
+    test_samples: int | None = field(default=None, metadata={"help": "Held-out examples (default: all)."})
+    eval_batch_size: int = field(default=32, metadata={"help": "Batch size of evaluation forwards."})
+    threads: int | None = field(default=None, metadata={"help": "torch threads per process (default: torch's)."})
+    resume: bool = field(default=True, metadata={"help": "Continue an interrupted run found in --output_dir."})
+
+
+DEFAULTS: dict[str, Any] = {"model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "dataset": "vader",
+                            "peft": "lora", "lora_target_modules": ["q_proj", "v_proj"], "max_length": 64}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = recipe_parser((ModelArguments, DataArguments, FederationConfig, RunArguments), **DEFAULTS)
+    model_args, data_args, federation, run = parser.parse_args_into_dataclasses(args=argv)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    output = Path(run.output_dir)
+
+    tokenizer = load_tokenizer(model_args, kind="causal")
+    task = load_task(data_args.task, tokenizer, model_kind="causal", **data_args.task_kwargs)
+    raw = load_task_dataset(data_args.source, train_file=data_args.train_file,
+                            validation_file=data_args.validation_file)
+    train = raw["train"].select(range(min(data_args.max_train_samples or len(raw["train"]), len(raw["train"]))))
+    validation = raw["validation"].select(range(min(run.eval_samples, len(raw["validation"]))))
+    held_out = raw["test"] if "test" in raw else raw["validation"]  # GLUE test labels are hidden
+    held_out = held_out.select(range(min(run.test_samples or len(held_out), len(held_out))))
+    clients, partition = task_clients(task, train, federation)
+
+    def model_for_run() -> torch.nn.Module:
+        torch.manual_seed(federation.seed)  # every process draws the same LoRA initialisation
+        return load_model(model_args, "causal", state.device)
+
+    def held_out_accuracy(model: torch.nn.Module) -> float:
+        return task.evaluate(model, held_out, batch_size=run.eval_batch_size)["accuracy"]
+
+    model = model_for_run()
+    zero_shot = held_out_accuracy(model) if state.is_main_process else None
+    summary: dict[str, Any] = {"model": model_args.model_name_or_path, "dataset": data_args.source,
+                               "held_out_examples": len(held_out), "zero_shot_accuracy": zero_shot,
+                               "partition": partition, "methods": {}}
+    curves, budget = {}, federation.flop_budget
+    methods = [federation.method, *(m for m in run.compare_with if m != "none")]
+    for index, method in enumerate(methods):
+        config = dataclasses.replace(federation, method=method, flop_budget=budget)
+        if index and federation.flop_budget is None:  # run until the first method's compute is spent
+            config = dataclasses.replace(config, rounds=20 * federation.rounds)
+        model = model if index == 0 else model_for_run()
+        started = time.perf_counter()
+        result = simulate_federation(
+            model, task_batch_loss(task), clients, config, output_dir=output / method, resume=run.resume,
+            evaluate=lambda m: task.evaluate(m, validation, batch_size=run.eval_batch_size),
+            run_info={"model": model_args.model_name_or_path, "dataset": data_args.source, "task": data_args.task,
+                      "lora_r": model_args.lora_r, "peft": model_args.peft})
+        seconds = time.perf_counter() - started
+        budget = budget if budget is not None else result.total_flops
+        if state.is_main_process:
+            model.save_pretrained(output / method / "adapter")
+            rounds = result.rounds
+            summary["methods"][method] = {
+                "held_out_accuracy": held_out_accuracy(model), "rounds": len(rounds),
+                "forward_tflops": result.total_flops / 1e12, "wall_time_s": seconds,
+                "bytes_up_per_client_round": _mean(b for r in rounds for b in r["bytes_up"].values()),
+                "bytes_down_per_client_round": _mean(b for r in rounds for b in r["bytes_down"].values()),
+                "settings": dataclasses.asdict(config.round_settings()),
+            }
+            evaluated = [r for r in rounds if "eval" in r]
+            curves[method] = ([r["cumulative_flops"] for r in evaluated], [r["eval"]["accuracy"] for r in evaluated])
+        state.wait_for_everyone()
+
+    if state.is_main_process:
+        write_json(output / "summary.json", summary)
+        plot_curves(output / "accuracy_vs_flops.png", curves, xlabel="cumulative forward FLOPs (all clients)",
+                    ylabel=f"validation accuracy ({len(validation)} examples)", title="equal forward-FLOP budget")
+        _print_summary(summary)
+    return summary
+
+
+def _mean(values: Any) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print(f"\nheld-out accuracy on {summary['held_out_examples']} examples; zero-shot "
+          f"{summary['zero_shot_accuracy']:.4f}")
+    print(f"{'method':<9} {'accuracy':>8} {'rounds':>6} {'fwd TFLOPs':>10} {'up B/client':>11} "
+          f"{'down B/client':>13} {'wall s':>7}")
+    for method, m in summary["methods"].items():
+        print(f"{method:<9} {m['held_out_accuracy']:>8.4f} {m['rounds']:>6} {m['forward_tflops']:>10.2f} "
+              f"{m['bytes_up_per_client_round']:>11.0f} {m['bytes_down_per_client_round']:>13.0f} "
+              f"{m['wall_time_s']:>7.0f}")
+
+
+if __name__ == "__main__":
+    run_recipe(main)
