@@ -305,3 +305,24 @@ def test_two_process_simulation_matches_one_process(tmp_path: Path) -> None:
     assert checksum(single) == ranks[0]["checksum"]
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in result.rounds] == ranks[0]["rounds"]
     assert any(r["dropped"] for r in result.rounds)
+
+
+def test_fedavg_baseline_moves_only_adapters_and_uploads_tensors(tmp_path: Path) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    from hf_fedzo.federation.fedavg import simulate_fedavg
+
+    torch.manual_seed(0)
+    model = get_peft_model(tiny_model(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+    adapters = {n: p.clone() for n, p in model.named_parameters() if p.requires_grad}
+    cfg = config(rounds=2, local_steps=2, dropout=0.34)
+    result = simulate_fedavg(model, batch_loss, client_data(), cfg, client_lr=1e-2,
+                             evaluate=lambda m: {"accuracy": 0.5}, output_dir=tmp_path)
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
+    assert any(not torch.equal(p, adapters[n]) for n, p in model.named_parameters() if p.requires_grad)
+    adapter_bytes = 4 * sum(p.numel() for p in adapters.values())
+    for record in result.rounds:
+        assert len(record["dropped"]) == 1 and record["flops"] > 0
+        assert all(b > adapter_bytes for b in record["bytes_up"].values())
+    assert (tmp_path / "accuracy_vs_bytes.png").is_file()

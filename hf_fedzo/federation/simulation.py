@@ -213,7 +213,7 @@ def write_results(output: Path, config: FederationConfig, result: SimulationResu
         total += sum(r["bytes_up"].values()) + sum(r["bytes_down"].values())
         cumulative_bytes[r["round"]] = total
     ys = [r["eval"][metric] for r in evaluated]
-    label = config.method
+    label = str(info.get("method", config.method))
     for name, xs, xlabel in (
         ("rounds", [r["round"] + 1 for r in evaluated], "round"),
         ("flops", [r["cumulative_flops"] for r in evaluated], "cumulative forward FLOPs (all clients)"),
