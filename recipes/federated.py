@@ -29,6 +29,7 @@ from accelerate import PartialState
 
 from hf_fedzo.data import load_task_dataset
 from hf_fedzo.federation import FederationConfig, simulate_federation
+from hf_fedzo.federation.fedavg import simulate_fedavg
 from hf_fedzo.federation.tasks import task_batch_loss, task_clients
 from hf_fedzo.reporting import plot_curves, write_json
 from hf_fedzo.runs import DataArguments, ModelArguments, load_model, load_tokenizer, recipe_parser, run_recipe
@@ -39,7 +40,9 @@ from hf_fedzo.tasks import load_task
 class RunArguments:
     output_dir: str = field(metadata={"help": "Where every method's results, plots and adapter go."})
     compare_with: list[str] = field(default_factory=lambda: ["mezo"], metadata={
-        "help": "Methods run after --method at the forward-FLOP budget it spent (fedspzo, mezo, nspsa; none)."})
+        "help": "Methods run after --method at the forward-FLOP budget it spent: fedspzo, mezo, nspsa, fedavg "
+                "(first-order LoRA FedAvg with AdamW; counts forward FLOPs only) or none."})
+    fedavg_lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of --compare_with fedavg clients."})
     eval_samples: int = field(default=128, metadata={"help": "Validation examples scored every --eval_every rounds."})
     test_samples: int | None = field(default=None, metadata={"help": "Held-out examples (default: all)."})
     eval_batch_size: int = field(default=32, metadata={"help": "Batch size of evaluation forwards."})
@@ -81,19 +84,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary: dict[str, Any] = {"model": model_args.model_name_or_path, "dataset": data_args.source,
                                "held_out_examples": len(held_out), "zero_shot_accuracy": zero_shot,
                                "partition": partition, "methods": {}}
+    run_info = {"model": model_args.model_name_or_path, "dataset": data_args.source, "task": data_args.task,
+                "peft": model_args.peft, "lora_r": model_args.lora_r}
     curves, budget = {}, federation.flop_budget
     methods = [federation.method, *(m for m in run.compare_with if m != "none")]
     for index, method in enumerate(methods):
-        config = dataclasses.replace(federation, method=method, flop_budget=budget)
+        config = dataclasses.replace(federation, method="fedspzo" if method == "fedavg" else method,
+                                     flop_budget=budget)
         if index and federation.flop_budget is None:  # run until the first method's compute is spent
             config = dataclasses.replace(config, rounds=20 * federation.rounds)
         model = model if index == 0 else model_for_run()
         started = time.perf_counter()
-        result = simulate_federation(
-            model, task_batch_loss(task), clients, config, output_dir=output / method, resume=run.resume,
-            evaluate=lambda m: task.evaluate(m, validation, batch_size=run.eval_batch_size),
-            run_info={"model": model_args.model_name_or_path, "dataset": data_args.source, "task": data_args.task,
-                      "lora_r": model_args.lora_r, "peft": model_args.peft})
+        evaluate = lambda m: task.evaluate(m, validation, batch_size=run.eval_batch_size)  # noqa: E731
+        if method == "fedavg":
+            result = simulate_fedavg(model, task_batch_loss(task), clients, config, client_lr=run.fedavg_lr,
+                                     evaluate=evaluate, output_dir=output / method)
+        else:
+            result = simulate_federation(model, task_batch_loss(task), clients, config, output_dir=output / method,
+                                         resume=run.resume, evaluate=evaluate, run_info=run_info)
         seconds = time.perf_counter() - started
         budget = budget if budget is not None else result.total_flops
         if state.is_main_process:
@@ -104,7 +112,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "forward_tflops": result.total_flops / 1e12, "wall_time_s": seconds,
                 "bytes_up_per_client_round": _mean(b for r in rounds for b in r["bytes_up"].values()),
                 "bytes_down_per_client_round": _mean(b for r in rounds for b in r["bytes_down"].values()),
-                "settings": dataclasses.asdict(config.round_settings()),
+                "settings": {"lr": run.fedavg_lr, "optimizer": "adamw"} if method == "fedavg"
+                else dataclasses.asdict(config.round_settings()),
             }
             evaluated = [r for r in rounds if "eval" in r]
             curves[method] = ([r["cumulative_flops"] for r in evaluated], [r["eval"]["accuracy"] for r in evaluated])

@@ -194,13 +194,15 @@ def test_federated_compares_methods_at_equal_flops(assets: dict[str, Path], tmp_
     summary = load_recipe("federated").main([
         "--output_dir", str(out), "--model_name_or_path", str(assets["llama"]), "--train_file", str(assets["train"]),
         "--validation_file", str(assets["dev"]), "--num_clients", "3", "--clients_per_round", "2", "--rounds", "2",
-        "--batch_size", "2", "--partition", "iid", "--eval_every", "1", "--zo_p2", "2", "--threads", "1"])
+        "--batch_size", "2", "--partition", "iid", "--eval_every", "1", "--zo_p2", "2", "--threads", "1",
+        "--compare_with", "mezo", "fedavg"])
     assert summary["zero_shot_accuracy"] is not None and summary["held_out_examples"] == 4
     fedspzo, mezo = summary["methods"]["fedspzo"], summary["methods"]["mezo"]
     assert fedspzo["rounds"] == 2 and fedspzo["settings"]["p2"] == 2 and mezo["settings"]["p2"] == 1
     assert mezo["forward_tflops"] >= fedspzo["forward_tflops"] and mezo["rounds"] > fedspzo["rounds"]
     assert 0 < fedspzo["bytes_up_per_client_round"] < 500
-    assert json.loads((out / "summary.json").read_text())["methods"].keys() == {"fedspzo", "mezo"}
+    assert summary["methods"]["fedavg"]["bytes_up_per_client_round"] > 10 * fedspzo["bytes_up_per_client_round"]
+    assert json.loads((out / "summary.json").read_text())["methods"].keys() == {"fedspzo", "mezo", "fedavg"}
     for path in ("accuracy_vs_flops.png", "fedspzo/federation_results.json", "mezo/accuracy_vs_bytes.png",
                  "fedspzo/adapter/adapter_config.json"):
         assert (out / path).is_file(), path
