@@ -55,6 +55,7 @@ DEFAULTS: dict[str, Any] = {"model_name_or_path": "HuggingFaceTB/SmolLM2-135M-In
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    started_run = time.perf_counter()
     parser = recipe_parser((ModelArguments, DataArguments, FederationConfig, RunArguments), **DEFAULTS)
     model_args, data_args, federation, run = parser.parse_args_into_dataclasses(args=argv)
     state = PartialState(cpu=not torch.cuda.is_available())
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     model = model_for_run()
     zero_shot = held_out_accuracy(model) if state.is_main_process else None
+    state.print(f"zero-shot accuracy on {len(held_out)} held-out examples: {zero_shot}")
     summary: dict[str, Any] = {"model": model_args.model_name_or_path, "dataset": data_args.source,
                                "held_out_examples": len(held_out), "zero_shot_accuracy": zero_shot,
                                "partition": partition, "methods": {}}
@@ -94,6 +96,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if index and federation.flop_budget is None:  # run until the first method's compute is spent
             config = dataclasses.replace(config, rounds=20 * federation.rounds)
         model = model if index == 0 else model_for_run()
+        state.print(f"{method}: {config.num_clients} clients, {config.clients_per_round} per round"
+                    + (f", until {budget / 1e12:.1f} forward TFLOPs" if budget else f", {config.rounds} rounds"))
         started = time.perf_counter()
         evaluate = lambda m: task.evaluate(m, validation, batch_size=run.eval_batch_size)  # noqa: E731
         if method == "fedavg":
@@ -120,6 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         state.wait_for_everyone()
 
     if state.is_main_process:
+        summary["wall_time_s"] = time.perf_counter() - started_run
         write_json(output / "summary.json", summary)
         plot_curves(output / "accuracy_vs_flops.png", curves, xlabel="cumulative forward FLOPs (all clients)",
                     ylabel=f"validation accuracy ({len(validation)} examples)", title="equal forward-FLOP budget")
@@ -141,6 +146,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         print(f"{method:<9} {m['held_out_accuracy']:>8.4f} {m['rounds']:>6} {m['forward_tflops']:>10.2f} "
               f"{m['bytes_up_per_client_round']:>11.0f} {m['bytes_down_per_client_round']:>13.0f} "
               f"{m['wall_time_s']:>7.0f}")
+    print(f"total wall time {summary['wall_time_s']:.0f} s (loading, evaluations and every method)")
 
 
 if __name__ == "__main__":
