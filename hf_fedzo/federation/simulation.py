@@ -114,7 +114,9 @@ def simulate_federation(model: Any, batch_loss: BatchLoss, clients: Sequence[Cli
         replica.replay(server.log, server.completed_round, settings, probe)
 
     spent = result.total_flops
-    progress = _progress(config.rounds, server.completed_round + 1, state.is_main_process)
+    # Under a FLOP budget the number of rounds is not known in advance: count rounds without a total.
+    progress = _progress(None if config.flop_budget is not None else config.rounds, server.completed_round + 1,
+                         state.is_main_process)
     for round_id in range(server.completed_round + 1, config.rounds):
         if config.flop_budget is not None and spent >= config.flop_budget:
             break
@@ -193,7 +195,7 @@ def _run_client(replica: ZOClient, data: ClientData, instruction_bytes: bytes,
     return instruction.client_id, encode(report), vars(work) | {}
 
 
-def _progress(total: int, start: int, enabled: bool) -> Any:
+def _progress(total: int | None, start: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=start, desc="rounds", disable=not enabled)
