@@ -22,7 +22,13 @@ from flwr.app import ConfigRecord, Context, Error, Message, RecordDict  # noqa: 
 from flwr.clientapp import ClientApp  # noqa: E402
 from flwr.supercore.task_identity import TaskIdentity  # noqa: E402
 
-from hf_fedzo.federation import ClientData, FederatedServer, FederationConfig, ZOClient, simulate_federation  # noqa: E402
+from hf_fedzo.federation import (  # noqa: E402
+    ClientData,
+    FederatedServer,
+    FederationConfig,
+    ZOClient,
+    simulate_federation,
+)
 from hf_fedzo.integrations import flower  # noqa: E402
 from tests.federation_setup import batch_loss, checksum, client_data, config, tiny_model  # noqa: E402
 
@@ -30,9 +36,9 @@ NUM_CLIENTS = 3
 
 
 # Module-level, not closures: Flower's simulation pickles the ClientApp into its Ray actors with every message.
-def model_fn(context: Context) -> torch.nn.Module:
+def model_fn(context: Context) -> tuple[torch.nn.Module, Any]:
     torch.set_num_threads(1)
-    return tiny_model()
+    return tiny_model(), batch_loss
 
 
 def data_fn(context: Context, client_id: int) -> ClientData:
@@ -111,7 +117,7 @@ def task_identity() -> Iterator[None]:
 
 
 def client_app() -> ClientApp:
-    return flower.make_client_app(model_fn, batch_loss, data_fn)
+    return flower.make_client_app(model_fn, data_fn)
 
 
 def test_in_process_federation_matches_the_simulator_and_resyncs_lost_clients(task_identity: None) -> None:

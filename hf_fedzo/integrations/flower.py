@@ -61,6 +61,7 @@ from hf_fedzo.federation.protocol import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
     ClientReport,
+    LogRecord,
     ProtocolError,
     RoundInstruction,
     decode,
@@ -86,7 +87,7 @@ DISCOVERY_GROUP = "hf_fedzo-discovery"
 # Flower's own logger, so our lines show up in `flwr run --stream` and the SuperLink logs.
 logger = logging.getLogger("flwr.hf_fedzo")
 
-ModelFn = Callable[[Context], nn.Module]
+ModelFn = Callable[[Context], tuple[nn.Module, BatchLoss]]
 DataFn = Callable[[Context, int], ClientData]
 
 
@@ -154,12 +155,12 @@ _REPLICA: list[_Replica] = []
 _DATA: dict[tuple[int, int], ClientData] = {}
 
 
-def _replica(context: Context, model_fn: ModelFn, batch_loss: BatchLoss) -> _Replica:
+def _replica(context: Context, model_fn: ModelFn) -> _Replica:
     if _REPLICA and _REPLICA[0].run_id == context.run_id:
         return _REPLICA[0]
     _REPLICA.clear()  # a new run: free the old model before loading the next one
     _DATA.clear()
-    model = model_fn(context)
+    model, batch_loss = model_fn(context)
     initial = {name: t.detach().to("cpu", copy=True) for name, t in _trainable(model).items()}
     _REPLICA.append(_Replica(context.run_id, ZOClient(model, batch_loss), initial))
     return _REPLICA[0]
@@ -200,13 +201,13 @@ def _query(message: Message, context: Context) -> Message:
                                                      "protocol-version": PROTOCOL_VERSION})}), reply_to=message)
 
 
-def _train(message: Message, context: Context, model_fn: ModelFn, batch_loss: BatchLoss, data_fn: DataFn) -> Message:
+def _train(message: Message, context: Context, model_fn: ModelFn, data_fn: DataFn) -> Message:
     client_id, _ = client_id_of(context)
     instruction = decode(_payload(message), expect=RoundInstruction)
     assert isinstance(instruction, RoundInstruction)
     if instruction.client_id != client_id:
         raise ProtocolError(f"an instruction for client {instruction.client_id} reached client {client_id}")
-    replica = _replica(context, model_fn, batch_loss)
+    replica = _replica(context, model_fn)
     held = _load_client(replica, context, client_id)
     if held > instruction.replay_after:
         # Replicas only move forward: start over from the initial weights and ask for the whole log.
@@ -231,16 +232,16 @@ def _train(message: Message, context: Context, model_fn: ModelFn, batch_loss: Ba
                                WORK: MetricRecord(dict(vars(work)))}), reply_to=message)
 
 
-def make_client_app(model_fn: ModelFn, batch_loss: BatchLoss, data_fn: DataFn) -> ClientApp:
+def make_client_app(model_fn: ModelFn, data_fn: DataFn) -> ClientApp:
     """A ClientApp whose nodes are federation clients (client id = the node's ``partition-id``).
 
     Args:
-        model_fn: ``model_fn(context)`` builds the model at the federation's initial weights (the same on every
-            party: seed any random adapter initialisation). Called once per process and run.
-        batch_loss: ``batch_loss(model, batch)`` returns the loss of one collated batch.
+        model_fn: ``model_fn(context) -> (model, batch_loss)``: the model at the federation's initial weights (the
+            same on every party: seed any random adapter initialisation) and ``batch_loss(model, batch)``, the loss
+            of one collated batch. Called once per process and run.
         data_fn: ``data_fn(context, client_id)`` returns that client's :class:`ClientData` (cached per process).
 
-    All three are pickled with the app by the simulation engine: use module-level functions, not closures over
+    Both are pickled with the app by the simulation engine: use module-level functions, not closures over
     large objects.
     """
     app = ClientApp()
@@ -251,7 +252,7 @@ def make_client_app(model_fn: ModelFn, batch_loss: BatchLoss, data_fn: DataFn) -
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
-        return _train(message, context, model_fn, batch_loss, data_fn)
+        return _train(message, context, model_fn, data_fn)
 
     return app
 
@@ -392,7 +393,7 @@ class FlowerFederation:
                 break
         return out
 
-    def _accept(self, exchange: _Exchange) -> dict[int, str]:
+    def _accept(self, exchange: _Exchange, round_id: int) -> dict[int, str]:
         """Hand the reports to the server in client order; return the rejected ones and why."""
         rejected: dict[int, str] = {}
         for k in sorted(exchange.reports):
@@ -406,8 +407,12 @@ class FlowerFederation:
                 self.server.receive(data)
             except ProtocolError as err:
                 rejected[k] = str(err)
-                logger.warning("round %d: report of client %d rejected: %s", self.server.current.round, k, err)  # type: ignore[union-attr]
+                logger.warning("round %d: report of client %d rejected: %s", round_id, k, err)
         return rejected
+
+    def _replay(self, records: list[LogRecord], through_round: int) -> None:
+        if self.replica is not None and self.probe is not None:
+            self.replica.replay(records, through_round, self.server.settings, self.probe)
 
     def run_round(self, grid: Grid, round_id: int, spent: int) -> dict[str, Any]:
         started = time.perf_counter()
@@ -417,11 +422,11 @@ class FlowerFederation:
         unreachable = [k for k in sampled if k not in dropped and k not in self.nodes]
         active = [k for k in sampled if k not in dropped and k in self.nodes]
         exchange = self._exchange(grid, round_id, active)
-        rejected = self._accept(exchange)
-        accepted = [self.server.current.reports[k] for k in sorted(self.server.current.reports)]  # type: ignore[union-attr]
-        records = self.server.finish_round()
-        if self.replica is not None:
-            self.replica.replay(records, round_id, self.server.settings, self.probe)  # type: ignore[arg-type]
+        rejected = self._accept(exchange, round_id)
+        state = self.server.current
+        assert state is not None
+        accepted = [state.reports[k] for k in sorted(state.reports)]
+        self._replay(self.server.finish_round(), round_id)
 
         work = exchange.work.values()
         round_flops = sum(w.get("flops_block1", 0) + w.get("flops_block2", 0) for w in work)
@@ -449,8 +454,7 @@ class FlowerFederation:
                 raise ValueError(f"{self.output / STATE_FILE} belongs to a different run; use another output dir")
             server.load_state_dict(saved["server"])
             self.result.rounds = saved["rounds"]
-            if self.replica is not None:
-                self.replica.replay(server.log, server.completed_round, server.settings, self.probe)  # type: ignore[arg-type]
+            self._replay(server.log, server.completed_round)
         self._wait_for_nodes(grid)
 
         spent = self.result.total_flops
