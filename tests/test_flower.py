@@ -130,12 +130,12 @@ def test_in_process_federation_matches_the_simulator_and_resyncs_lost_clients(ta
         if record["round"] == 1:
             for context in grid.contexts.values():
                 if flower.RECORD in context.state:
-                    lost.append(context.node_config["partition-id"])  # type: ignore[arg-type]
+                    lost.append(context.node_config["partition-id"])
                 context.state.clear()
             flower._REPLICA.clear()
 
     federation = server_side(cfg, on_round_end=lose_state)
-    result = federation.run(grid)  # type: ignore[arg-type]
+    result = federation.run(grid)
     reference, reference_rounds = simulated(cfg)
 
     assert_same_weights(federation.replica.model, reference)  # type: ignore[union-attr]
@@ -157,11 +157,28 @@ def test_a_client_process_restart_reloads_its_state_without_a_resync(task_identi
     cfg = fed_config(rounds=3, clients_per_round=3)
     grid = LocalGrid(client_app(), run_id=102)
     federation = server_side(cfg, on_round_end=lambda record: flower._REPLICA.clear())
-    result = federation.run(grid)  # type: ignore[arg-type]
+    result = federation.run(grid)
     assert all(not r["resynced"] for r in result.rounds)
     assert_same_weights(federation.replica.model, simulated(cfg)[0])  # type: ignore[union-attr]
     state = grid.contexts[1000].state[flower.RECORD]
     assert isinstance(state, ConfigRecord) and state["round"] == cfg.rounds - 2  # synced before the last round
+
+
+def test_a_killed_server_resumes_from_its_state_file_in_a_new_run(task_identity: None, tmp_path: Path) -> None:
+    """A new Flower run (fresh node state everywhere) continues the saved log and ends where the simulator does."""
+    cfg = fed_config(rounds=4)
+
+    def crash(record: dict[str, Any]) -> None:
+        if record["round"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        server_side(cfg, output_dir=tmp_path, on_round_end=crash).run(LocalGrid(client_app(), run_id=106))
+    federation = server_side(cfg, output_dir=tmp_path)
+    result = federation.run(LocalGrid(client_app(), run_id=107))
+    assert [r["round"] for r in result.rounds] == [0, 1, 2, 3]
+    assert_same_weights(federation.replica.model, simulated(cfg)[0])  # type: ignore[union-attr]
+    assert (tmp_path / "federation_results.json").is_file()
 
 
 def test_silent_and_failing_clients_drop_out_and_the_round_completes(task_identity: None) -> None:
@@ -171,7 +188,7 @@ def test_silent_and_failing_clients_drop_out_and_the_round_completes(task_identi
     grid = LocalGrid(client_app(), run_id=103, num_nodes=4, silent={1000 + silent})
     grid.tamper[1000 + failing] = lambda reply: Message(Error(code=1, reason="out of memory"), metadata=reply.metadata)
     federation = server_side(cfg, round_timeout=1.0)
-    result = federation.run(grid)  # type: ignore[arg-type]
+    result = federation.run(grid)
     for record in result.rounds:
         assert len(record["dropped"]) == 1, "the simulator's seeded drop-outs apply too"
         active = [k for k in record["sampled"] if k not in record["dropped"]]
@@ -181,6 +198,19 @@ def test_silent_and_failing_clients_drop_out_and_the_round_completes(task_identi
         assert sorted(map(int, record["bytes_up"])) == [k for k in active if k not in (silent, failing)]
     assert result.rounds[0]["unanswered"] and result.rounds[0]["failed"]
     assert federation.server.completed_round == cfg.rounds - 1
+
+
+def test_nodes_of_another_federation_or_a_taken_client_id_are_not_used(task_identity: None) -> None:
+    cfg = fed_config(rounds=1, clients_per_round=3)
+    grid = LocalGrid(client_app(), run_id=108)
+    for node, partition, size in ((2000, 0, NUM_CLIENTS), (2001, 1, 5)):
+        grid.contexts[node] = Context(run_id=108, node_id=node, state=RecordDict(), run_config={},
+                                      node_config={"partition-id": partition, "num-partitions": size})
+    federation = server_side(cfg)
+    record = federation.run(grid).rounds[0]
+    assert federation.nodes == {0: 1000, 1: 1001, 2: 1002} and federation.ignored == {2001}
+    assert sorted(map(int, record["bytes_up"])) == [0, 1, 2]
+    assert {m.metadata.dst_node_id for m in grid.sent if m.metadata.message_type == "train"} == {1000, 1001, 1002}
 
 
 def _rewrite_report(reply: Message, change: Callable[[dict[str, Any]], None]) -> Message:
@@ -193,7 +223,7 @@ def _rewrite_report(reply: Message, change: Callable[[dict[str, Any]], None]) ->
     payload = json.loads(data[_HEADER.size:])  # type: ignore[index]
     change(payload)
     body = json.dumps(payload).encode()
-    header = struct.pack("<4sHBI", *_HEADER.unpack_from(data)[:3], len(body))  # type: ignore[arg-type]
+    header = struct.pack("<4sHBI", *_HEADER.unpack_from(data)[:3], len(body))
     return Message(RecordDict({flower.RECORD: ConfigRecord({flower.MESSAGE: header + body})}), metadata=reply.metadata)
 
 
@@ -207,14 +237,14 @@ def test_bad_reports_are_rejected_and_nothing_of_them_is_kept(task_identity: Non
     grid = LocalGrid(client_app(), run_id=104)
     grid.tamper[1002] = lambda reply: _rewrite_report(reply, change)
     federation = server_side(cfg)
-    record = federation.run(grid).rounds[0]  # type: ignore[arg-type]
+    record = federation.run(grid).rounds[0]
     assert list(record["rejected"]) == [2] and reason in record["rejected"][2]
 
     # The round's log is the aggregate of clients 0 and 1 alone.
     honest = flower.FlowerFederation(cfg, wait_for_nodes=5)
     other = LocalGrid(client_app(), run_id=105, silent={1002})
     honest.round_timeout = 1.0
-    honest.run(other)  # type: ignore[arg-type]
+    honest.run(other)
     assert federation.server.log == honest.server.log
 
 
@@ -232,6 +262,27 @@ def test_a_node_without_a_partition_says_how_to_start_it() -> None:
     context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
     with pytest.raises(ValueError, match="partition-id=K num-partitions=N"):
         flower.client_id_of(context)
+
+
+def test_the_flower_app_config_is_valid_and_read_alike_by_both_sides(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+    import tomllib
+
+    from flwr.common.config import validate_config
+
+    app_dir = Path(__file__).parents[1] / "recipes" / "flower_app"
+    pyproject = tomllib.loads((app_dir / "pyproject.toml").read_text())
+    valid, errors, _ = validate_config(pyproject, check_module=True, project_dir=app_dir)
+    assert valid, errors
+    monkeypatch.syspath_prepend(str(app_dir))
+    from hf_fedzo_flower_app.task import AppConfig, read_config
+
+    run_config = pyproject["tool"]["flwr"]["app"]["config"]
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config=run_config)
+    app, federation = read_config(context)
+    assert app == AppConfig(), "AppConfig's defaults are the pyproject's"
+    assert (federation.method, federation.num_clients, federation.zo_p2) == ("fedspzo", 2, 4)
+    assert {f.name.replace("_", "-") for f in dataclasses.fields(AppConfig)} <= set(run_config)
 
 
 def test_importing_hf_fedzo_does_not_import_flower() -> None:

@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from safetensors.torch import load as load_tensors
@@ -88,6 +88,14 @@ DISCOVERY_GROUP = "hf_fedzo-discovery"
 logger = logging.getLogger("flwr.hf_fedzo")
 
 ModelFn = Callable[[Context], tuple[nn.Module, BatchLoss]]
+
+
+class GridLike(Protocol):
+    """What the strategy uses of a Flower ``Grid`` (any Grid has it; tests pass an in-process stand-in)."""
+
+    def get_node_ids(self) -> Iterable[int]: ...
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]: ...
 DataFn = Callable[[Context, int], ClientData]
 
 
@@ -314,7 +322,7 @@ class FlowerFederation:
         self.result = SimulationResult()
 
     # ------------------------------------------------------------------------------------------ nodes
-    def discover(self, grid: Grid) -> None:
+    def discover(self, grid: GridLike) -> None:
         """Map new nodes to client ids (one query message each) and forget nodes that left."""
         alive = set(grid.get_node_ids())
         self.nodes = {k: n for k, n in self.nodes.items() if n in alive}
@@ -327,20 +335,26 @@ class FlowerFederation:
             record = reply.content.get(RECORD) if reply.has_content() else None
             if not isinstance(record, ConfigRecord):
                 continue  # it failed or is not ours yet: asked again next round
-            client_id, size = int(record["partition-id"]), int(record["num-partitions"])  # type: ignore[arg-type]
-            version = int(record["protocol-version"])  # type: ignore[arg-type]
+            try:
+                client_id, size = int(record["partition-id"]), int(record["num-partitions"])  # type: ignore[arg-type]
+                version = int(record["protocol-version"])  # type: ignore[arg-type]
+            except (KeyError, TypeError, ValueError) as err:
+                logger.warning("node %d ignored: its answer to the query is malformed (%r)", node, err)
+                self.ignored.add(node)
+                continue
             if version != PROTOCOL_VERSION or size != self.config.num_clients or not 0 <= client_id < size:
                 logger.warning("node %d ignored: partition %d of %d, protocol %d (this federation: %d clients, "
                                "protocol %d)", node, client_id, size, version, self.config.num_clients,
                                PROTOCOL_VERSION)
                 self.ignored.add(node)
             elif client_id in self.nodes:
-                logger.warning("node %d ignored: client %d is already node %d", node, client_id, self.nodes[client_id])
-                self.ignored.add(node)
+                # Not ignored for good: a restarted SuperNode gets a new node id while the SuperLink still lists
+                # the old one for a while; it is asked again next round and takes over once the old one is gone.
+                logger.warning("node %d: client %d is node %d for now", node, client_id, self.nodes[client_id])
             else:
                 self.nodes[client_id] = node
 
-    def _wait_for_nodes(self, grid: Grid) -> None:
+    def _wait_for_nodes(self, grid: GridLike) -> None:
         deadline = time.monotonic() + self.wait_for_nodes
         while True:
             self.discover(grid)  # the node list can be empty right after start: poll
@@ -353,7 +367,7 @@ class FlowerFederation:
                            len(self.nodes), self.min_nodes, self.wait_for_nodes)
 
     # ------------------------------------------------------------------------------------------ rounds
-    def _exchange(self, grid: Grid, round_id: int, active: list[int]) -> _Exchange:
+    def _exchange(self, grid: GridLike, round_id: int, active: list[int]) -> _Exchange:
         """Send the round's instructions and collect the reports, resending once to clients that resync."""
         out = _Exchange()
         pending = {k: encode(self.server.instruction(k)) for k in active}
@@ -414,7 +428,7 @@ class FlowerFederation:
         if self.replica is not None and self.probe is not None:
             self.replica.replay(records, through_round, self.server.settings, self.probe)
 
-    def run_round(self, grid: Grid, round_id: int, spent: int) -> dict[str, Any]:
+    def run_round(self, grid: GridLike, round_id: int, spent: int) -> dict[str, Any]:
         started = time.perf_counter()
         self.discover(grid)
         sampled = self.server.start_round(round_id)
@@ -444,7 +458,7 @@ class FlowerFederation:
         }
         return record
 
-    def run(self, grid: Grid) -> SimulationResult:
+    def run(self, grid: GridLike) -> SimulationResult:
         """Run the rounds left (resuming from ``output_dir``'s state file when it matches) and return the records."""
         config, server = self.config, self.server
         fingerprint = _fingerprint(config, self.run_info)
@@ -507,6 +521,7 @@ def make_server_app(build: Callable[[Context], FlowerFederation],
 __all__ = [
     "RECORD",
     "FlowerFederation",
+    "GridLike",
     "client_id_of",
     "federation_config",
     "make_client_app",
