@@ -234,6 +234,7 @@ def _train(message: Message, context: Context, model_fn: ModelFn, data_fn: DataF
     # The same draw as the simulator's: a pure function of (seed, round, client).
     batches = data.round_batches(instruction.seed_base, instruction.round, client_id, settings.local_steps,
                                  settings.batch_size)
+    replica.holds = None  # the replay moves the tensors: if it fails half-way they belong to no synced round
     report, work = replica.client.handle(instruction, batches, len(data.examples))
     _save_client(replica, context, client_id)
     return Message(RecordDict({RECORD: ConfigRecord({MESSAGE: encode(report)}),
@@ -400,8 +401,10 @@ class FlowerFederation:
                     out.failed[k] = f"no report: {err}"
                     continue
                 work = reply.content.get(WORK)
-                if isinstance(work, MetricRecord):
-                    out.work[k] = {name: int(v) for name, v in work.items()}  # type: ignore[call-overload]
+                try:  # accounting only, not protocol: a malformed record costs the round's FLOP count, no more
+                    out.work[k] = {name: int(v) for name, v in work.items()}  # type: ignore[union-attr,call-overload]
+                except (AttributeError, TypeError, ValueError):
+                    logger.warning("round %d: client %d sent no usable work record", round_id, k)
             pending = resend
             if not pending:
                 break
