@@ -24,7 +24,12 @@ PIDS=()
 shutdown() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    echo "== stopped SuperLink and SuperNodes (logs in $WORK)"
+    # Each SuperLink/SuperNode detached a flower-superexec that exits once it sees its parent gone: wait for it.
+    for _ in $(seq 30); do
+        pgrep -f -- "--parent-pid ($(IFS='|'; echo "${PIDS[*]}"))\$" >/dev/null || break
+        sleep 0.5
+    done
+    echo "== stopped SuperLink, SuperNodes and their SuperExecs (logs in $WORK)"
 }
 trap shutdown EXIT
 
