@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.hf_fedzo-installed
 
-.PHONY: setup test lint demo
+.PHONY: setup test lint demo test-flower
 
 # torch is installed first and pinned so no dependency can pull a CUDA build.
 $(STAMP): pyproject.toml
@@ -19,6 +19,22 @@ setup: $(STAMP)
 test: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
 	$(BIN)/ruff check hf_fedzo tests recipes benchmarks
+
+# Flower lives in its own venv: flwr pins typer<0.21, rich and packaging<26 below what the core venv resolves to.
+# torch goes in first, pinned to the CPU wheel, so nothing flwr or ray pulls can replace it with a CUDA build.
+FLOWER_VENV ?= .venv-flower
+FLOWER_BIN := $(FLOWER_VENV)/bin
+FLOWER_STAMP := $(FLOWER_VENV)/.hf_fedzo-installed
+
+$(FLOWER_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(FLOWER_VENV)
+	$(FLOWER_BIN)/python -m pip install -q --upgrade pip
+	$(FLOWER_BIN)/python -m pip install -q torch==2.13.0
+	$(FLOWER_BIN)/python -m pip install -q -e ".[dev,flower,plots]" "torch==2.13.0"
+	touch $(FLOWER_STAMP)
+
+test-flower: $(FLOWER_STAMP)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(FLOWER_BIN)/python -m pytest -q tests/test_flower.py
 
 lint: setup
 	$(BIN)/ruff check hf_fedzo tests recipes benchmarks

@@ -202,6 +202,27 @@ def test_client_refuses_a_replay_that_skips_rounds() -> None:
         client.replay([], 3, cfg.round_settings(), probe, replay_after=2)
 
 
+def test_a_client_that_lost_its_state_gets_the_log_from_where_it_is() -> None:
+    """The server resends from the round the client holds; the client then answers like any other."""
+    cfg = config(num_clients=3, clients_per_round=3, rounds=3)
+    data = client_data(num_clients=3)
+    server = FederatedServer(cfg)
+    for round_id in range(2):
+        for k in server.start_round(round_id):
+            batches = data[k].round_batches(cfg.seed, round_id, k, cfg.local_steps, cfg.batch_size)
+            report, _ = ZOClient(tiny_model(), batch_loss).handle(
+                server.instruction(k, replay_after=-1), batches, len(data[k].examples))
+            server.receive(encode(report))
+        server.finish_round()
+    server.start_round(2)
+    usual = server.instruction(0)  # synced through round 0 by its round-1 instruction: round 1's record is new
+    assert usual.replay_after == 0 and {r.round for r in usual.replay} == {1}
+    fresh = server.instruction(0, replay_after=-1)
+    assert fresh.replay_after == -1 and list(fresh.replay) == server.log
+    with pytest.raises(ProtocolError, match=r"must be in \[-1, 1\]"):
+        server.instruction(1, replay_after=2)
+
+
 def test_local_steps_leave_the_replica_untouched() -> None:
     cfg = config(local_steps=3)
     model = tiny_model()

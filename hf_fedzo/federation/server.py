@@ -73,11 +73,20 @@ class FederatedServer:
         self.current = RoundState(round_id, self.sample_clients(round_id))
         return self.current.sampled
 
-    def instruction(self, client_id: int) -> RoundInstruction:
+    def instruction(self, client_id: int, replay_after: int | None = None) -> RoundInstruction:
+        """The round's instruction for ``client_id``, with the log records it has not replayed.
+
+        ``replay_after`` overrides the round the server believes the client holds: a real client can lose
+        its state (a fresh process, a restarted device) or miss an instruction it was sent, and then says
+        which round it really holds (-1: the initial weights) so the replay starts there.
+        """
         state = self._state()
         if client_id not in state.sampled:
             raise ValueError(f"client {client_id} is not sampled in round {state.round}")
-        after = self.synced.get(client_id, -1)
+        if replay_after is not None and not -1 <= replay_after < state.round:
+            raise ProtocolError(f"client {client_id} asks for the log after round {replay_after}; in round "
+                                f"{state.round} that must be in [-1, {state.round - 1}]")
+        after = self.synced.get(client_id, -1) if replay_after is None else replay_after
         replay = tuple(r for r in self.log if r.round > after)
         self.synced[client_id] = state.round - 1
         seed_client = client_id + 1 if self.config.per_client_seeds else 0
