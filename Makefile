@@ -44,7 +44,7 @@ lint: setup
 # ~/.cache/hf_fedzo (idempotent); outputs go to $(DEMO_OUT) (a finished run there is reused: delete it to rerun).
 DEMO_OUT ?= out/demo
 DEMO_FLAGS ?= --num_clients 8 --clients_per_round 4 --partition dirichlet --dirichlet_alpha 0.5 --rounds 8 \
-	--local_steps 4 --batch_size 8 --learning_rate 1e-2 --zo_eps 1e-2 --zo_p1 1 --zo_p2 4 --zo_split auto \
+	--local_steps 4 --batch_size 8 --learning_rate 5e-3 --zo_eps 1e-2 --zo_p1 1 --zo_p2 4 --zo_split auto \
 	--eval_every 2 --eval_samples 128 --compare_with mezo
 
 demo: setup

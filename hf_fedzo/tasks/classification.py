@@ -370,13 +370,19 @@ class LabelWordTask(InferenceMixin):
     def _scores_and_gold(
         self, model: PreTrainedModel | torch.nn.Module, data: Iterable[Mapping[str, Any]], batch_size: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        features = [row if "input_ids" in row else self.preprocess(row) for row in data]
+        if not features:
+            raise ValueError("`data` is empty")
+        # Batching similar lengths together cuts padding (a large share of the FLOPs on short sentences);
+        # the results are put back in input order.
+        order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
         scores, gold = [], []
-        for logits, labels in self._forward_batches(model, data, batch_size):
+        for logits, labels in self._forward_batches(model, [features[i] for i in order], batch_size):
             scores.append(self.scorer.scores(logits, labels).cpu())
             gold.append(labels.amax(-1).cpu())
-        if not scores:
-            raise ValueError("`data` is empty")
-        return torch.cat(scores), torch.cat(gold)
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return torch.cat(scores)[inverse], torch.cat(gold)[inverse]
 
     def score(
         self,
