@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +26,7 @@ from hf_fedzo.federation import (
     simulate_federation,
 )
 from tests.federation_setup import batch_loss, checksum, client_data, config, tiny_model
+from tests.launch import launch_two_processes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -312,11 +310,7 @@ def test_simulation_writes_results_and_plots(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_two_process_simulation_matches_one_process(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(REPO / "tests" / "federation_script.py"), str(tmp_path)]
-    subprocess.run(cmd, check=True, env=env, cwd=REPO, timeout=300, capture_output=True)
+    launch_two_processes(REPO / "tests" / "federation_script.py", str(tmp_path))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]
     assert ranks[0] == ranks[1]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +16,7 @@ import pytest
 import torch
 
 from hf_fedzo.runs import ModelUnavailableError
+from tests.launch import launch_two_processes, offline_env
 from tests.tiny_models import build_bpe_tokenizer, llama, roberta_mlm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -150,39 +149,22 @@ def test_wrong_task_for_recipe_names_the_other_recipe(tmp_path: Path) -> None:
         load_recipe("squad").main(["--output_dir", str(tmp_path), "--task", "sst2"])
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-            "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
 def test_script_entry_reports_offline_model_in_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(REPO / "recipes" / "roberta_sst2.py"), "--output_dir", str(tmp_path)],
-        env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        env=offline_env(), cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert "error: Cannot load 'roberta-large'" in result.stderr and "--model_name_or_path" in result.stderr
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.slow
 def test_accelerate_launch_two_processes(assets: dict[str, Path], tmp_path: Path) -> None:
     """The script entry under `accelerate launch` with two CPU processes: one set of outputs, from rank 0."""
     out = tmp_path / "out"
-    # A free port rather than accelerate's fixed 29500: other test runs on a shared machine may hold that one.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()),
-           str(REPO / "recipes" / "causal_lm.py"), "--output_dir", str(out), "--model_name_or_path",
-           str(assets["llama"]), "--train_file", str(assets["train"]), "--validation_file", str(assets["dev"]),
-           "--max_length", "48", "--peft", "lora", *FAST]
-    result = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    launch_two_processes(REPO / "recipes" / "causal_lm.py", "--output_dir", str(out), "--model_name_or_path",
+                         str(assets["llama"]), "--train_file", str(assets["train"]), "--validation_file",
+                         str(assets["dev"]), "--max_length", "48", "--peft", "lora", *FAST, cwd=tmp_path)
     written = json.loads((out / "metrics.json").read_text())
     assert written["world_size"] == 2 and written["global_step"] == 2
     assert (out / "accuracy_vs_flops.png").exists() and (out / "adapter_model.safetensors").exists()

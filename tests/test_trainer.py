@@ -1,9 +1,6 @@
 """ZOSplitTrainer end to end: learning with full weights, LoRA and QLoRA; resume; DDP; config checks."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
@@ -14,6 +11,7 @@ from transformers import TrainerCallback, TrainingArguments
 
 from hf_fedzo import ZOConfig, ZOSplitTrainer
 from hf_fedzo.engine import ZOOptimizer
+from tests.launch import launch_two_processes
 from tests.tiny_models import llama
 
 REPO = Path(__file__).resolve().parents[1]
@@ -196,11 +194,7 @@ def test_split_beyond_the_stack_names_the_flag(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_ddp_replicas_end_identical(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(REPO / "tests" / "ddp_train_script.py"), str(tmp_path)]
-    subprocess.run(cmd, check=True, env=env, cwd=REPO, timeout=300, capture_output=True)
+    launch_two_processes(REPO / "tests" / "ddp_train_script.py", str(tmp_path))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in ranks] == [2, 2]
     assert ranks[0]["checksum"] == ranks[1]["checksum"]

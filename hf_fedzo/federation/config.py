@@ -70,6 +70,14 @@ class FederationConfig:
         check_aggregation(self.aggregation, self.weighting, self.trim_fraction, not self.per_client_seeds)
         self.round_settings()
 
+    def budget_spent(self, flops: float) -> bool:
+        return self.flop_budget is not None and flops >= self.flop_budget
+
+    def evaluation_due(self, round_id: int, flops: float) -> bool:
+        """Every ``eval_every`` rounds, and after the last round (by count or by FLOP budget)."""
+        last = round_id == self.rounds - 1 or self.budget_spent(flops)
+        return last or bool(self.eval_every and (round_id + 1) % self.eval_every == 0)
+
     def round_settings(self) -> RoundSettings:
         """The settings every party runs: the ``zo_*`` fields, with the method's fixed ones on top.
 

@@ -63,11 +63,10 @@ def simulate_fedavg(model: nn.Module, batch_loss: BatchLoss, clients: Sequence[C
     result, spent = SimulationResult(), 0
     try:
         for round_id in range(config.rounds):
-            if config.flop_budget is not None and spent >= config.flop_budget:
+            if config.budget_spent(spent):
                 break
             started = time.perf_counter()
-            sampled = server.start_round(round_id)
-            dropped = server.dropped_clients(round_id, sampled)
+            sampled, dropped = server.open_round(round_id)
             active = [k for k in sampled if k not in dropped]
             download = save_tensors({n: p.detach().contiguous() for n, p in _trainable(model).items()})
             uploads, losses, weights, flops = {}, [], [], 0
@@ -91,8 +90,7 @@ def simulate_fedavg(model: nn.Module, batch_loss: BatchLoss, clients: Sequence[C
                 "forwards_block1": 0, "forwards_block2": len(active) * config.local_steps,
                 "flops": flops, "cumulative_flops": spent, "train_loss": sum(losses) / max(len(losses), 1),
                 "seconds": time.perf_counter() - started}
-            if evaluate is not None and (round_id == config.rounds - 1
-                                         or (config.eval_every and (round_id + 1) % config.eval_every == 0)):
+            if evaluate is not None and config.evaluation_due(round_id, spent):
                 model.eval()
                 record["eval"] = dict(evaluate(model))
             result.rounds.append(record)

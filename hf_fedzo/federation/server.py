@@ -73,6 +73,11 @@ class FederatedServer:
         self.current = RoundState(round_id, self.sample_clients(round_id))
         return self.current.sampled
 
+    def open_round(self, round_id: int) -> tuple[list[int], list[int]]:
+        """Start ``round_id``; return the sampled clients and, for a simulation, the seeded drop-outs."""
+        sampled = self.start_round(round_id)
+        return sampled, self.dropped_clients(round_id, sampled)
+
     def instruction(self, client_id: int, replay_after: int | None = None) -> RoundInstruction:
         """The round's instruction for ``client_id``, with the log records it has not replayed.
 

@@ -118,11 +118,10 @@ def simulate_federation(model: Any, batch_loss: BatchLoss, clients: Sequence[Cli
     progress = _progress(None if config.flop_budget is not None else config.rounds, server.completed_round + 1,
                          state.is_main_process)
     for round_id in range(server.completed_round + 1, config.rounds):
-        if config.flop_budget is not None and spent >= config.flop_budget:
+        if config.budget_spent(spent):
             break
         started = time.perf_counter()
-        sampled = server.start_round(round_id)
-        dropped = server.dropped_clients(round_id, sampled)
+        sampled, dropped = server.open_round(round_id)
         active = [k for k in sampled if k not in dropped]
         instructions = {k: encode(server.instruction(k)) for k in active}
 
@@ -155,9 +154,7 @@ def simulate_federation(model: Any, batch_loss: BatchLoss, clients: Sequence[Cli
             "train_loss": sum(r.loss_mean for r in accepted) / len(accepted) if accepted else None,
             "seconds": time.perf_counter() - started,
         }
-        last = round_id == config.rounds - 1 or (config.flop_budget is not None and spent >= config.flop_budget)
-        if evaluate is not None and state.is_main_process and (last or (
-                config.eval_every and (round_id + 1) % config.eval_every == 0)):
+        if evaluate is not None and state.is_main_process and config.evaluation_due(round_id, spent):
             record["eval"] = dict(evaluate(model))
         result.rounds.append(record)
         if output is not None and state.is_main_process:

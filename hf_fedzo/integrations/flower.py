@@ -434,8 +434,7 @@ class FlowerFederation:
     def run_round(self, grid: GridLike, round_id: int, spent: int) -> dict[str, Any]:
         started = time.perf_counter()
         self.discover(grid)
-        sampled = self.server.start_round(round_id)
-        dropped = self.server.dropped_clients(round_id, sampled)
+        sampled, dropped = self.server.open_round(round_id)
         unreachable = [k for k in sampled if k not in dropped and k not in self.nodes]
         active = [k for k in sampled if k not in dropped and k in self.nodes]
         exchange = self._exchange(grid, round_id, active)
@@ -476,12 +475,11 @@ class FlowerFederation:
 
         spent = self.result.total_flops
         for round_id in range(server.completed_round + 1, config.rounds):
-            if config.flop_budget is not None and spent >= config.flop_budget:
+            if config.budget_spent(spent):
                 break
             record = self.run_round(grid, round_id, spent)
             spent = record["cumulative_flops"]
-            last = round_id == config.rounds - 1 or (config.flop_budget is not None and spent >= config.flop_budget)
-            if self.evaluate is not None and (last or (config.eval_every and (round_id + 1) % config.eval_every == 0)):
+            if self.evaluate is not None and config.evaluation_due(round_id, spent):
                 record["eval"] = dict(self.evaluate(self.replica.model))  # type: ignore[union-attr]
             self.result.rounds.append(record)
             logger.info("round %d: sampled %s, reports from %s, dropped %s, unreachable %s, unanswered %s, failed %s, "
