@@ -11,7 +11,8 @@ same forward FLOPs, so the comparison is at equal compute.
     # Many clients over several processes (or GPUs): the sampled clients are spread over the processes.
     accelerate launch --num_processes 4 recipes/federated.py --output_dir out/fed --num_clients 100
 
-Outputs, per method in <output_dir>/<method>/: the adapter, federation_results.json (per round: clients,
+Outputs, per method in <output_dir>/<method>/: the adapter (ready for `hf-fedzo push`: its folder also holds
+federation.json and metrics.json for the model card), federation_results.json (per round: clients,
 drop-outs, bytes up and down, forwards and FLOPs per block, wall time, eval), accuracy plots vs rounds,
 FLOPs and bytes; and in <output_dir>: summary.json and accuracy_vs_flops.png with every method.
 """
@@ -30,6 +31,7 @@ from accelerate import PartialState
 from hf_fedzo.data import load_task_dataset
 from hf_fedzo.federation import FederationConfig, simulate_federation
 from hf_fedzo.federation.fedavg import simulate_fedavg
+from hf_fedzo.federation.simulation import federation_figures
 from hf_fedzo.federation.tasks import task_batch_loss, task_clients
 from hf_fedzo.reporting import plot_curves, write_json
 from hf_fedzo.runs import DataArguments, ModelArguments, load_model, load_tokenizer, recipe_parser, run_recipe
@@ -109,16 +111,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seconds = time.perf_counter() - started
         budget = budget if budget is not None else result.total_flops
         if state.is_main_process:
-            model.save_pretrained(output / method / "adapter")
-            rounds = result.rounds
+            # The adapter folder is what `hf-fedzo push` publishes: its card reads these two files.
+            adapter, figures = output / method / "adapter", federation_figures(config, result) | {"method": method}
+            model.save_pretrained(adapter)
+            accuracy = held_out_accuracy(model)
+            write_json(adapter / "federation.json", figures)
+            write_json(adapter / "metrics.json", {"eval_accuracy": accuracy, "zero_shot_accuracy": zero_shot})
             summary["methods"][method] = {
-                "held_out_accuracy": held_out_accuracy(model), "rounds": len(rounds),
-                "forward_tflops": result.total_flops / 1e12, "wall_time_s": seconds,
-                "bytes_up_per_client_round": _mean(b for r in rounds for b in r["bytes_up"].values()),
-                "bytes_down_per_client_round": _mean(b for r in rounds for b in r["bytes_down"].values()),
+                "held_out_accuracy": accuracy, "rounds": figures["rounds"], "forward_tflops": figures["forward_tflops"],
+                "wall_time_s": seconds, "bytes_up_per_client_round": figures["uplink_bytes_per_client_round"],
+                "bytes_down_per_client_round": figures["downlink_bytes_per_client_round"],
                 "settings": {"lr": run.fedavg_lr, "optimizer": "adamw"} if method == "fedavg"
                 else dataclasses.asdict(config.round_settings()),
             }
+            rounds = result.rounds
             evaluated = [r for r in rounds if "eval" in r]
             curves[method] = ([r["cumulative_flops"] for r in evaluated], [r["eval"]["accuracy"] for r in evaluated])
         state.wait_for_everyone()
@@ -130,11 +136,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     ylabel=f"validation accuracy ({len(validation)} examples)", title="equal forward-FLOP budget")
         _print_summary(summary)
     return summary
-
-
-def _mean(values: Any) -> float:
-    values = list(values)
-    return sum(values) / len(values) if values else 0.0
 
 
 def _print_summary(summary: dict[str, Any]) -> None:

@@ -185,6 +185,9 @@ def test_federated_compares_methods_at_equal_flops(assets: dict[str, Path], tmp_
     assert 0 < fedspzo["bytes_up_per_client_round"] < 500
     assert summary["methods"]["fedavg"]["bytes_up_per_client_round"] > 10 * fedspzo["bytes_up_per_client_round"]
     assert json.loads((out / "summary.json").read_text())["methods"].keys() == {"fedspzo", "mezo", "fedavg"}
+    figures = json.loads((out / "fedavg" / "adapter" / "federation.json").read_text())
+    assert figures["method"] == "fedavg" and figures["clients"] == 3
+    assert figures["rounds"] == summary["methods"]["fedavg"]["rounds"] >= 1
     for path in ("accuracy_vs_flops.png", "fedspzo/federation_results.json", "mezo/accuracy_vs_bytes.png",
                  "fedspzo/adapter/adapter_config.json"):
         assert (out / path).is_file(), path

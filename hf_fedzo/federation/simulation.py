@@ -192,6 +192,18 @@ def _run_client(replica: ZOClient, data: ClientData, instruction_bytes: bytes,
     return instruction.client_id, encode(report), vars(work) | {}
 
 
+def federation_figures(config: FederationConfig, result: SimulationResult) -> dict[str, Any]:
+    """What a model card reports of a federated run (``hf-fedzo push`` reads it from ``federation.json``)."""
+    rounds = result.rounds
+    ups = [b for r in rounds for b in r["bytes_up"].values()]
+    downs = [b for r in rounds for b in r["bytes_down"].values()]
+    return {"clients": config.num_clients, "clients_per_round": config.clients_per_round, "rounds": len(rounds),
+            "local_steps": config.local_steps, "partition": config.partition, "method": config.method,
+            "uplink_bytes_per_client_round": sum(ups) / max(len(ups), 1),
+            "downlink_bytes_per_client_round": sum(downs) / max(len(downs), 1),
+            "forward_tflops": result.total_flops / 1e12}
+
+
 def _progress(total: int | None, start: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
@@ -222,4 +234,4 @@ def write_results(output: Path, config: FederationConfig, result: SimulationResu
                     title=f"{label}: {metric}")
 
 
-__all__ = ["ClientData", "LocalWork", "SimulationResult", "simulate_federation", "write_results"]
+__all__ = ["ClientData", "LocalWork", "SimulationResult", "federation_figures", "simulate_federation", "write_results"]
