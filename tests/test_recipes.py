@@ -191,3 +191,12 @@ def test_federated_compares_methods_at_equal_flops(assets: dict[str, Path], tmp_
     for path in ("accuracy_vs_flops.png", "fedspzo/federation_results.json", "mezo/accuracy_vs_bytes.png",
                  "fedspzo/adapter/adapter_config.json"):
         assert (out / path).is_file(), path
+
+
+def test_bad_flags_end_in_one_error_line_naming_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, named in ((["--output_dir", str(tmp_path), "--no_such_flag", "1"], "--no_such_flag"),
+                        (["--output_dir", str(tmp_path), "--dropout", "1.0"], "dropout")):
+        with pytest.raises(SystemExit) as exit_info:
+            load_recipe("federated").main(argv)
+        assert exit_info.value.code == 2
+        assert named in capsys.readouterr().err

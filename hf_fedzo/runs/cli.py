@@ -100,13 +100,27 @@ class DataArguments:
         return kwargs
 
 
+class RecipeArgumentParser(HfArgumentParser):
+    """`HfArgumentParser` whose bad input ends like argparse's: usage, one `error:` line naming the flag, exit 2.
+
+    Unknown flags and values the dataclasses refuse in `__post_init__` (e.g. `--dropout 1.0`) arrive as
+    `ValueError`s; a traceback would only bury the message, which already names the flag.
+    """
+
+    def parse_args_into_dataclasses(self, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        try:
+            return super().parse_args_into_dataclasses(*args, **kwargs)
+        except ValueError as err:
+            self.error(str(err))
+
+
 def recipe_parser(dataclass_types: Sequence[type], **defaults: Any) -> HfArgumentParser:
     """`HfArgumentParser` over `dataclass_types` with the recipe's own defaults (shown by `--help`).
 
     Defaults go through `set_defaults`, so one dataclass serves every recipe; an unknown name is a bug in the
     recipe and raises instead of being silently ignored as argparse would.
     """
-    parser = HfArgumentParser(dataclass_types)
+    parser = RecipeArgumentParser(dataclass_types)
     known = {action.dest for action in parser._actions}
     unknown = sorted(set(defaults) - known)
     if unknown:
