@@ -132,10 +132,15 @@ class FederatedServer:
         if not (math.isfinite(report.loss_mean) and math.isfinite(report.loss_last)):
             raise ProtocolError(f"{who}: loss statistics are not finite")
 
+    def accepted_reports(self) -> list[ClientReport]:
+        """The reports accepted so far in the current round, by client id."""
+        state = self._state()
+        return [state.reports[k] for k in sorted(state.reports)]
+
     def finish_round(self) -> list[LogRecord]:
         """Aggregate the accepted reports (none: an empty round) and append the result to the log."""
         state = self._state()
-        reports = [state.reports[k] for k in sorted(state.reports)]
+        reports = self.accepted_reports()
         records = aggregate_round(state.round, reports, self.settings, self.config.seed,
                                   shared_seeds=not self.config.per_client_seeds,
                                   aggregation=self.config.aggregation, weighting=self.config.weighting,

@@ -137,7 +137,7 @@ def simulate_federation(model: Any, batch_loss: BatchLoss, clients: Sequence[Cli
                 server.receive(report_bytes)
             except ProtocolError as err:
                 rejected[client_id] = str(err)
-        accepted = [server.current.reports[k] for k in sorted(server.current.reports)]  # type: ignore[union-attr]
+        accepted = server.accepted_reports()
         records = server.finish_round()
         replica.replay(records, round_id, settings, probe)
 
@@ -189,7 +189,7 @@ def _run_client(replica: ZOClient, data: ClientData, instruction_bytes: bytes,
                                                     instruction.seed_client, settings, batches)
     report = ClientReport(instruction.round, instruction.client_id, len(data.examples), scalars,
                           sum(losses) / len(losses), losses[-1])
-    return instruction.client_id, encode(report), vars(work) | {}
+    return instruction.client_id, encode(report), dict(vars(work))
 
 
 def federation_figures(config: FederationConfig, result: SimulationResult) -> dict[str, Any]:

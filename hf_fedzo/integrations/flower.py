@@ -439,9 +439,7 @@ class FlowerFederation:
         active = [k for k in sampled if k not in dropped and k in self.nodes]
         exchange = self._exchange(grid, round_id, active)
         rejected = self._accept(exchange, round_id)
-        state = self.server.current
-        assert state is not None
-        accepted = [state.reports[k] for k in sorted(state.reports)]
+        accepted = self.server.accepted_reports()
         self._replay(self.server.finish_round(), round_id)
 
         work = exchange.work.values()
