@@ -25,7 +25,7 @@ from hf_fedzo.reporting import write_atomic, write_json
 from hf_fedzo.trajectory import from_trajectory
 from tests.fake_hub import TOKEN
 from tests.test_trainer import pattern_dataset
-from tests.tiny_models import build_tokenizer, llama
+from tests.tiny_models import build_tokenizer, llama, quantized_llama
 
 REPO = Path(__file__).resolve().parents[1]
 LORA = dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
@@ -154,16 +154,9 @@ def test_push_full_weights_with_federation_figures(fake_hub, tmp_path: Path) -> 
 
 
 def test_qlora_merge_reloads_the_base_in_full_precision(tmp_path: Path) -> None:
-    from peft import PeftModel, prepare_model_for_kbit_training
-    from transformers import BitsAndBytesConfig
+    from peft import PeftModel
 
-    torch.manual_seed(0)
-    llama(hidden_size=64, intermediate_size=128).save_pretrained(tmp_path / "base")
-    quantized = AutoModelForCausalLM.from_pretrained(
-        tmp_path / "base", device_map="cpu",
-        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                               bnb_4bit_compute_dtype=torch.float32))
-    model = get_peft_model(prepare_model_for_kbit_training(quantized, use_gradient_checkpointing=False),
+    model = get_peft_model(quantized_llama(tmp_path / "base"),
                            LoraConfig(**LORA, init_lora_weights=False))  # non-zero B: the merge changes weights
     trainer = ZOSplitTrainer(model=model, args=_zo_args(tmp_path / "out", max_steps=2, save_strategy="no"),
                              train_dataset=pattern_dataset())

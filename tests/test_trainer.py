@@ -12,7 +12,7 @@ from transformers import TrainerCallback, TrainingArguments
 from hf_fedzo import ZOConfig, ZOSplitTrainer
 from hf_fedzo.engine import ZOOptimizer
 from tests.launch import launch_two_processes
-from tests.tiny_models import llama
+from tests.tiny_models import llama, quantized_llama
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,16 +68,7 @@ def test_lora_loss_falls(tmp_path: Path) -> None:
 
 
 def test_qlora_loss_falls(tmp_path: Path) -> None:
-    from peft import prepare_model_for_kbit_training
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
-
-    torch.manual_seed(0)
-    llama(hidden_size=64, intermediate_size=128).save_pretrained(tmp_path / "base")
-    quantized = AutoModelForCausalLM.from_pretrained(
-        tmp_path / "base", device_map="cpu",
-        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                               bnb_4bit_compute_dtype=torch.float32))
-    model = _lora(prepare_model_for_kbit_training(quantized, use_gradient_checkpointing=False))
+    model = _lora(quantized_llama(tmp_path / "base"))
     before, after, trainer = _train_and_eval(model, _args(tmp_path, learning_rate=3e-2, zo_eps=1e-2, max_steps=60))
     assert after < before - 0.05, (before, after)
     perturbed = {p.name for p in trainer.zo_estimator.parameters}

@@ -7,6 +7,7 @@ need no download and run in seconds on two cores.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -197,3 +198,18 @@ def seeded(factory: Callable[[], PreTrainedModel], seed: int = 0) -> PreTrainedM
     """A tiny model in eval mode whose random weights depend only on ``seed``."""
     torch.manual_seed(seed)
     return factory().eval()
+
+
+def quantized_llama(folder: Path) -> PreTrainedModel:
+    """A tiny llama saved to ``folder`` and reloaded in 4-bit nf4 (bitsandbytes, CPU), ready for LoRA adapters."""
+    from peft import prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    torch.manual_seed(0)
+    llama(hidden_size=64, intermediate_size=128).save_pretrained(folder)
+    quantized = AutoModelForCausalLM.from_pretrained(
+        folder, device_map="cpu",
+        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                               bnb_4bit_compute_dtype=torch.float32))
+    # Checkpointing only saves activation memory for backward passes, which ZO never runs.
+    return prepare_model_for_kbit_training(quantized, use_gradient_checkpointing=False)
