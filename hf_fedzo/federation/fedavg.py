@@ -77,10 +77,11 @@ def simulate_fedavg(model: nn.Module, batch_loss: BatchLoss, clients: Sequence[C
                 losses.append(loss)
                 weights.append(len(clients[k].examples) if config.weighting == "examples" else 1)
                 flops += client_flops
+            trainable = _trainable(model)
             with torch.no_grad():
                 for k, weight in zip(active, weights, strict=True):
                     for name, value in load_tensors(uploads[k]).items():
-                        _trainable(model)[name].add_(value, alpha=weight / sum(weights))
+                        trainable[name].add_(value, alpha=weight / sum(weights))
             server.finish_round()
             spent += flops
             record: dict[str, Any] = {
