@@ -324,7 +324,10 @@ def test_flower_simulation_engine_matches_simulate_federation() -> None:
     (federation,) = federations
     reference, reference_rounds = simulated(cfg)
     assert federation.server.completed_round == cfg.rounds - 1
-    assert_same_weights(federation.replica.model, reference)  # type: ignore[union-attr]
+    # Checked first: a client that Ray could not start in time (a loaded machine) is dropped for its round,
+    # which changes the aggregate; say so rather than report differing weights.
+    assert all(not r["unreachable"] and not r["unanswered"] and not r["failed"] and not r["rejected"]
+               for r in federation.result.rounds), federation.result.rounds
     assert [r["sampled"] for r in federation.result.rounds] == [r["sampled"] for r in reference_rounds]
     assert [r["train_loss"] for r in federation.result.rounds] == [r["train_loss"] for r in reference_rounds]
-    assert all(not r["unanswered"] and not r["failed"] and not r["rejected"] for r in federation.result.rounds)
+    assert_same_weights(federation.replica.model, reference)  # type: ignore[union-attr]
