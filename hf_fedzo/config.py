@@ -29,19 +29,24 @@ class ZOConfig(TrainingArguments):
         default=1e-3,
         metadata={"help": "Perturbation scale ε of the two-point estimate (MeZO uses 1e-3; 1e-2 for LoRA)."},
     )
+    # The defaults P1=1, P2=4, split at 0.9 of the stack are the best arm of the split-placement sweep
+    # (benchmarks/federated_accuracy.py, docs/benchmarks.md): one seed on SmolLM2-135M with LoRA, so a
+    # starting point to tune, not a law.
     zo_p1: int = field(
         default=1,
         metadata={"help": "P1: number of block-1 perturbations per step (each costs two block-1 forwards)."},
     )
     zo_p2: int = field(
         default=4,
-        metadata={"help": "P2: block-2 perturbations evaluated on each cached block-1 activation pair."},
+        metadata={"help": "P2: block-2 perturbations evaluated on each cached block-1 activation pair (default "
+                  "from the split-placement sweep in docs/benchmarks.md)."},
     )
     zo_split: str = field(
-        default="auto",
+        default="0.9",
         metadata={
-            "help": "Where block 2 starts: 'auto' (balance measured block FLOPs so C1 ≈ P2·C2), 'none' (one "
-            "block, no activation caching), a layer index such as '6', or a fraction of the stack such as '0.5'."
+            "help": "Where block 2 starts: a fraction of the layer stack such as '0.9' (the default, best in the "
+            "split-placement sweep of docs/benchmarks.md), a layer index such as '6', 'auto' (balance measured "
+            "block FLOPs so C1 ≈ P2·C2) or 'none' (one block, no activation caching)."
         },
     )
     zo_layers_path: str | None = field(

@@ -34,9 +34,11 @@ class FederationConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay per update"})
     zo_eps: float = field(default=1e-2, metadata={"help": "perturbation scale epsilon"})
     zo_p1: int = field(default=1, metadata={"help": "block-1 perturbations per step (P1)"})
+    # P2=4 with the split at 0.9 of the stack: the best arm of the split-placement sweep (docs/benchmarks.md).
     zo_p2: int = field(default=4, metadata={"help": "block-2 perturbations per block-1 perturbation (P2)"})
-    zo_split: str = field(default="auto", metadata={
-        "help": "where block 1 ends: 'auto', 'none', a layer index or a fraction of the layers"})
+    zo_split: str = field(default="0.9", metadata={
+        "help": "where block 1 ends: a fraction of the layers (default 0.9, from the split-placement sweep), "
+                "a layer index, 'auto' (C1 = P2*C2) or 'none'"})
     zo_perturbation: str = field(default="gaussian", metadata={"help": "gaussian or rademacher directions"})
     zo_difference: str = field(default="central", metadata={"help": "central or forward differences"})
     per_client_seeds: bool = field(default=False, metadata={
