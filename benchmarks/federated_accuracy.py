@@ -19,7 +19,7 @@ benchmark continues where it stopped, and a finished run is reused. ``--workers 
 side by side with one thread each (about 15% more throughput than one run on two threads here).
 
     hf-fedzo prepare-assets
-    python -m benchmarks.federated_accuracy --workers 2      # about 80 minutes on 2 cores
+    python -m benchmarks.federated_accuracy --workers 2      # about 2 hours on 2 cores (15 runs of 32 TFLOPs)
     python -m benchmarks.federated_accuracy --report_only    # tables and plots from the finished runs
 """
 
@@ -476,7 +476,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     plot_bands(figures / "split_sweep.png",
                mean_curves(by_run, SWEPT, args.sweep_seeds, zero_shot_accuracy, args.budget_tflops),
                xlabel=axis, ylabel=ylabel, baseline=zero_shot_accuracy,
-               title=f"split placement and P2 (seeds {', '.join(map(str, args.sweep_seeds))})")
+               title=f"split placement and P2 (seed{'s' * (len(args.sweep_seeds) > 1)} "
+                     f"{', '.join(map(str, args.sweep_seeds))})")
     report = {"setup": _setup_key(setup), "zero_shot_accuracy": zero_shot_accuracy,
               "compute_to_accuracy": c2a, "split_sweep": sweep, "runs": results}
     write_json(output / "report.json", report)
