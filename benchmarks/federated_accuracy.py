@@ -7,9 +7,10 @@ clients have spent the same forward FLOPs. Each arm is evaluated on the same val
 ``--eval_every_tflops``, so its curve is accuracy against cumulative forward FLOPs (zero-shot at 0).
 
 1. **Compute to accuracy** (``--seeds``; same partition, sampling, data order and directions per seed):
-   the target is MeZO's final accuracy on that seed; a method's cost is the FLOPs at which its curve first
-   reaches the target (linear between evaluations); the ratio is MeZO's cost over the method's.
-2. **Split placement** (``--sweep_seeds``): FedSPZO at several split layers and P2, plus the no-split arms
+   federated MeZO runs at two step sizes and the one with the higher mean final accuracy is the baseline;
+   the target is its final accuracy on that seed; a method's cost is the FLOPs at which its curve first
+   reaches the target (linear between evaluations); the ratio is the baseline's cost over the method's.
+6. **Split placement** (``--sweep_seeds``): FedSPZO at several split layers and P2, plus the no-split arms
    (MeZO is P2=1, n-SPSA is P2=4 without split), ranked by the mean accuracy over the budget (the area
    under the accuracy-vs-FLOPs curve divided by the budget: accuracy per FLOP spent, less noisy than the
    last point alone).
