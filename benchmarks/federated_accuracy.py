@@ -185,7 +185,6 @@ def run_arm(setup: Setup, arm: Arm, seed: int, output_dir: str, threads: int | N
 
 def _run_in_worker(setup: Setup, arm_name: str, seed: int, output_dir: str, threads: int | None) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ["TQDM_DISABLE"] = "1"  # two workers' progress bars would interleave
     return run_arm(setup, ARMS[arm_name], seed, output_dir, threads)
 
 
