@@ -148,7 +148,8 @@ def run_arm(setup: Setup, arm: Arm, seed: int, output_dir: str, threads: int | N
     config = FederationConfig(
         method=arm.method, num_clients=setup.num_clients, clients_per_round=setup.clients_per_round,
         rounds=100_000, local_steps=setup.local_steps, batch_size=setup.batch_size,
-        learning_rate=arm.learning_rate or setup.learning_rate, zo_eps=setup.zo_eps, zo_p1=arm.zo_p1, zo_p2=arm.zo_p2,
+        learning_rate=setup.learning_rate if arm.learning_rate is None else arm.learning_rate,
+        zo_eps=setup.zo_eps, zo_p1=arm.zo_p1, zo_p2=arm.zo_p2,
         zo_split=arm.zo_split, partition="dirichlet", dirichlet_alpha=setup.dirichlet_alpha, seed=seed,
         flop_budget=setup.budget_tflops * 1e12)
     clients, _ = task_clients(task, raw["train"], config)
@@ -226,13 +227,18 @@ def run_all(setup: Setup, jobs: Sequence[tuple[str, int]], output: Path, workers
     return results
 
 
-def load_finished(output: Path, setup: Setup, arm_name: str, seed: int) -> dict[str, Any] | None:
-    """The saved result of a finished (arm, seed) run with these settings, if there is one."""
-    path = output / arm_name / f"seed{seed}" / "curve.json"
+def _saved_for(path: Path, setup: Setup) -> dict[str, Any] | None:
+    """The JSON saved at ``path`` when it was written for these settings (else ``None``)."""
     if not path.is_file():
         return None
     saved = json.loads(path.read_text())
-    return saved["result"] if saved.get("setup") == _setup_key(setup) else None
+    return saved if saved.get("setup") == _setup_key(setup) else None
+
+
+def load_finished(output: Path, setup: Setup, arm_name: str, seed: int) -> dict[str, Any] | None:
+    """The saved result of a finished (arm, seed) run with these settings, if there is one."""
+    saved = _saved_for(output / arm_name / f"seed{seed}" / "curve.json", setup)
+    return None if saved is None else saved["result"]
 
 
 def _setup_key(setup: Setup) -> dict[str, Any]:
@@ -331,33 +337,6 @@ def split_sweep(by_run: Mapping[tuple[str, int], Mapping[str, Any]], seeds: Sequ
 
 # ---------------------------------------------------------------- outputs
 
-def plot_bands(path: Path, curves: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]], *,
-               xlabel: str, ylabel: str, title: str, baseline: float | None = None) -> None:
-    """Mean curves with a ±1 std band (the ``plots`` extra: matplotlib), written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    from hf_fedzo.reporting import write_atomic
-
-    figure, axes = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for label, (xs, mean, spread) in curves.items():
-        (line,) = axes.plot(xs, mean, label=label)
-        axes.fill_between(xs, [m - s for m, s in zip(mean, spread, strict=True)],
-                          [m + s for m, s in zip(mean, spread, strict=True)], color=line.get_color(), alpha=0.15)
-    if baseline is not None:
-        axes.axhline(baseline, color="grey", linestyle=":", label="zero-shot")
-    axes.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    try:
-        write_atomic(path, lambda handle: figure.savefig(handle, format="png"))
-    finally:
-        plt.close(figure)
-
-
 def mean_curves(by_run: Mapping[tuple[str, int], Mapping[str, Any]], arms: Iterable[str], seeds: Sequence[int],
                 zero_shot_accuracy: float, budget: float, points: int = 60) -> dict[str, Any]:
     grid = [budget * i / (points - 1) for i in range(points)]
@@ -434,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             parser.error(f"--{name} must be > 0 (got {getattr(args, name)})")
 
     from hf_fedzo.data import smollm2_path
-    from hf_fedzo.reporting import write_json
+    from hf_fedzo.reporting import plot_curves, write_json
 
     model = args.model_name_or_path or str(smollm2_path())
     setup = Setup(model=model, eval_samples=args.eval_samples, budget_tflops=args.budget_tflops,
@@ -445,8 +424,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     jobs += [(arm, seed) for seed in args.sweep_seeds for arm in SWEPT if (arm, seed) not in jobs]
 
     zero_shot_file = output / "zero_shot.json"
-    if zero_shot_file.is_file() and json.loads(zero_shot_file.read_text())["setup"] == _setup_key(setup):
-        zero_shot_accuracy = json.loads(zero_shot_file.read_text())["accuracy"]
+    if (saved := _saved_for(zero_shot_file, setup)) is not None:
+        zero_shot_accuracy = saved["accuracy"]
     elif args.report_only:
         parser.error(f"--report_only: no finished runs in {output} for these settings")
     else:
@@ -463,27 +442,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     by_run = {(r["arm"], r["seed"]): r for r in results}
     missing = [job for job in jobs if job not in by_run]
     if missing:
-        sys.exit(f"missing finished runs {missing}: run without --report_only first")
+        sys.exit(f"missing finished runs {missing}: run them first (without --report_only, and with --arms "
+                 "covering them)")
 
     c2a = compute_to_accuracy(by_run, args.seeds, zero_shot_accuracy)
     sweep = split_sweep(by_run, args.sweep_seeds, args.budget_tflops, zero_shot_accuracy)
     axis = "cumulative forward TFLOPs (all clients)"
     ylabel = f"validation accuracy ({args.eval_samples} sentences)"
-    plot_bands(figures / "compute_to_accuracy.png",
-               mean_curves(by_run, COMPARED, args.seeds, zero_shot_accuracy, args.budget_tflops),
-               xlabel=axis, ylabel=ylabel, baseline=zero_shot_accuracy,
-               title=f"SmolLM2-135M LoRA, VADER, 8 clients: mean ± std over {len(args.seeds)} seeds")
-    plot_bands(figures / "split_sweep.png",
-               mean_curves(by_run, SWEPT, args.sweep_seeds, zero_shot_accuracy, args.budget_tflops),
-               xlabel=axis, ylabel=ylabel, baseline=zero_shot_accuracy,
-               title=f"split placement and P2 (seed{'s' * (len(args.sweep_seeds) > 1)} "
-                     f"{', '.join(map(str, args.sweep_seeds))})")
+    for name, arms, seeds, title in (
+        ("compute_to_accuracy", COMPARED, args.seeds,
+         f"SmolLM2-135M LoRA, VADER: mean ± std, {len(args.seeds)} seeds"),
+        ("split_sweep", SWEPT, args.sweep_seeds,
+         f"split placement and P2 (seed{'s' * (len(args.sweep_seeds) > 1)} {', '.join(map(str, args.sweep_seeds))})"),
+    ):
+        curves = mean_curves(by_run, arms, seeds, zero_shot_accuracy, args.budget_tflops)
+        plot_curves(figures / f"{name}.png", {label: (grid, mean) for label, (grid, mean, _) in curves.items()},
+                    bands={label: spread for label, (_, _, spread) in curves.items()},
+                    reference=("zero-shot", zero_shot_accuracy), xlabel=axis, ylabel=ylabel, title=title)
     report = {"setup": _setup_key(setup), "zero_shot_accuracy": zero_shot_accuracy,
               "compute_to_accuracy": c2a, "split_sweep": sweep, "runs": results}
     write_json(output / "report.json", report)
     print_report(c2a, sweep, zero_shot_accuracy, setup)
     return report
-
 
 
 if __name__ == "__main__":

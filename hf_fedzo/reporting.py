@@ -60,8 +60,13 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
 
 
 def plot_curves(path: str | os.PathLike[str], curves: Mapping[str, Curve], *, xlabel: str, ylabel: str,
-                title: str = "", logx: bool = False) -> Path:
-    """One PNG with a line per named curve (needs the ``plots`` extra: matplotlib)."""
+                title: str = "", logx: bool = False, bands: Mapping[str, Sequence[float]] | None = None,
+                reference: tuple[str, float] | None = None) -> Path:
+    """One PNG with a line per named curve (needs the ``plots`` extra: matplotlib).
+
+    ``bands[label]`` shades ± that spread around the curve of the same label (e.g. a std over seeds), and
+    ``reference=(label, y)`` draws a dotted horizontal line (e.g. zero-shot accuracy).
+    """
     try:
         import matplotlib
 
@@ -70,9 +75,18 @@ def plot_curves(path: str | os.PathLike[str], curves: Mapping[str, Curve], *, xl
     except ImportError as err:
         raise ImportError("plots need matplotlib: pip install 'hf-fedzo[plots]'") from err
 
+    for label, spread in (bands or {}).items():
+        if label not in curves or len(spread) != len(curves[label][1]):
+            raise ValueError(f"bands[{label!r}] needs one spread per point of the curve {label!r}")
     figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
     for label, (xs, ys) in curves.items():
-        axes.plot(list(xs), list(ys), marker="o", markersize=3, label=label)
+        (line,) = axes.plot(list(xs), list(ys), marker="o" if bands is None else None, markersize=3, label=label)
+        if bands is not None and label in bands:
+            axes.fill_between(list(xs), [y - d for y, d in zip(ys, bands[label], strict=True)],
+                              [y + d for y, d in zip(ys, bands[label], strict=True)], color=line.get_color(),
+                              alpha=0.15)
+    if reference is not None:
+        axes.axhline(reference[1], color="grey", linestyle=":", label=reference[0])
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     if logx:
@@ -80,8 +94,8 @@ def plot_curves(path: str | os.PathLike[str], curves: Mapping[str, Curve], *, xl
     if title:
         axes.set_title(title)
     axes.grid(alpha=0.3)
-    if len(curves) > 1:
-        axes.legend()
+    if len(curves) + (reference is not None) > 1:
+        axes.legend(fontsize=8 if bands is not None else None)
     figure.tight_layout()
     try:
         return write_atomic(path, lambda handle: figure.savefig(handle, format="png"))

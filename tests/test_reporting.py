@@ -33,3 +33,11 @@ def test_plot_curves_writes_a_png(tmp_path):
     path = plot_curves(tmp_path / "acc.png", {"a": ([1, 2], [0.5, 0.6]), "b": ([1, 3], [0.4, 0.7])},
                        xlabel="FLOPs", ylabel="accuracy")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_curves_with_bands_and_a_reference_line(tmp_path):
+    path = plot_curves(tmp_path / "bands.png", {"a": ([0, 1, 2], [0.5, 0.6, 0.7])}, bands={"a": [0.0, 0.05, 0.1]},
+                       reference=("zero-shot", 0.5), xlabel="FLOPs", ylabel="accuracy")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match=r"bands\['a'\] needs one spread per point"):
+        plot_curves(tmp_path / "bad.png", {"a": ([0, 1], [0.5, 0.6])}, bands={"a": [0.1]}, xlabel="x", ylabel="y")
