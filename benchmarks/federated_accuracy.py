@@ -138,8 +138,7 @@ def run_arm(setup: Setup, arm: Arm, seed: int, output_dir: str, threads: int | N
     import torch
 
     from hf_fedzo.engine import ZOEstimator
-    from hf_fedzo.federation import FederationConfig, simulate_federation
-    from hf_fedzo.federation.tasks import task_batch_loss, task_clients
+    from hf_fedzo.federation import FederationConfig, simulate_federation, task_batch_loss, task_clients
 
     if threads:
         torch.set_num_threads(threads)
@@ -159,12 +158,12 @@ def run_arm(setup: Setup, arm: Arm, seed: int, output_dir: str, threads: int | N
     # The resolved block plan, from one traced forward of a client batch: split layer and block costs.
     settings = config.round_settings()
     probe = clients[0].round_batches(seed, 0, 0, 1, setup.batch_size)[0]
-    estimator = ZOEstimator(model, settings.zo_settings())
+    estimator = ZOEstimator(model, settings.zo)
     with torch.no_grad():
         estimator.prepare(lambda: batch_loss(model, probe))
     split_index = estimator.plan.split_index
     c1, c2 = estimator.plan.block_flops(split_index)
-    step_forwards = (2 * arm.zo_p1 * c1 + 2 * arm.zo_p1 * settings.p2 * c2) / (c1 + c2)
+    step_forwards = (2 * arm.zo_p1 * c1 + 2 * arm.zo_p1 * settings.zo.p2 * c2) / (c1 + c2)
     round_tflops = step_forwards * (c1 + c2) * setup.local_steps * setup.clients_per_round / 1e12
     eval_every = max(1, round(setup.eval_every_tflops / round_tflops))
     config = dataclasses.replace(config, eval_every=eval_every)
@@ -174,13 +173,14 @@ def run_arm(setup: Setup, arm: Arm, seed: int, output_dir: str, threads: int | N
                                  evaluate=lambda m: task.evaluate(m, validation, batch_size=32),
                                  run_info={"benchmark": "federated_accuracy", "model": setup.model, "arm": arm.name,
                                            "eval_samples": setup.eval_samples})
-    evaluated = [r for r in result.rounds if "eval" in r]
+    evaluated = [r for r in result.rounds if r.eval is not None]
     return {
         "arm": arm.name, "seed": seed, "split_index": split_index,
         "num_layers": estimator.plan.num_layers, "block2_share": c2 / (c1 + c2), "step_forwards": step_forwards,
         "rounds": len(result.rounds), "total_tflops": result.total_flops / 1e12, "eval_every": eval_every,
-        "curve": [[r["cumulative_flops"] / 1e12, r["eval"]["accuracy"]] for r in evaluated],
-        "final_accuracy": evaluated[-1]["eval"]["accuracy"], "wall_s": time.perf_counter() - started,
+        "curve": [[r.cumulative_flops / 1e12, r.eval["accuracy"]] for r in evaluated],  # type: ignore[index]
+        "final_accuracy": evaluated[-1].eval["accuracy"],  # type: ignore[index]
+        "wall_s": time.perf_counter() - started,
     }
 
 

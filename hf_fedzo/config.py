@@ -7,13 +7,16 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from hf_fedzo.engine import PERTURBATIONS, ZOSettings
+from hf_fedzo.engine import ZOArguments, ZOSettings
 from hf_fedzo.engine.split import parse_split
 
 
 @dataclass
-class ZOConfig(TrainingArguments):
+class ZOConfig(TrainingArguments, ZOArguments):
     r"""Configuration for [`ZOSplitTrainer`]: every `TrainingArguments` field plus the ZO step.
+
+    The `zo_*` fields, their defaults and help come from [`~hf_fedzo.engine.ZOArguments`] (shared with
+    `FederationConfig`); `zo_seed` is the trainer's own.
 
     Only forward passes are run: a step is 2·P1 block-1 forwards and 2·P1·P2 block-2 forwards, and the
     update is regenerated from a seed, so memory stays at inference level. `zo_p1=1, zo_p2=1,
@@ -25,43 +28,6 @@ class ZOConfig(TrainingArguments):
     1e-6/1e-7 for full weights, 1e-4/5e-5 for LoRA.
     """
 
-    zo_eps: float = field(
-        default=1e-3,
-        metadata={"help": "Perturbation scale ε of the two-point estimate (MeZO uses 1e-3; 1e-2 for LoRA)."},
-    )
-    # The defaults P1=1, P2=4, split at 0.9 of the stack are the best arm of the split-placement sweep
-    # (benchmarks/federated_accuracy.py, docs/benchmarks.md): one seed on SmolLM2-135M with LoRA, so a
-    # starting point to tune, not a law.
-    zo_p1: int = field(
-        default=1,
-        metadata={"help": "P1: number of block-1 perturbations per step (each costs two block-1 forwards)."},
-    )
-    zo_p2: int = field(
-        default=4,
-        metadata={"help": "P2: block-2 perturbations evaluated on each cached block-1 activation pair (default "
-                  "from the split-placement sweep in docs/benchmarks.md)."},
-    )
-    zo_split: str = field(
-        default="0.9",
-        metadata={
-            "help": "Where block 2 starts: a fraction of the layer stack such as '0.9' (the default, best in the "
-            "split-placement sweep of docs/benchmarks.md), a layer index such as '6', 'auto' (balance measured "
-            "block FLOPs so C1 ≈ P2·C2) or 'none' (one block, no activation caching)."
-        },
-    )
-    zo_layers_path: str | None = field(
-        default=None,
-        metadata={"help": "Dotted path of the transformer layer ModuleList (e.g. 'model.layers') when it "
-                  "cannot be found automatically."},
-    )
-    zo_perturbation: str = field(
-        default="gaussian",
-        metadata={"help": f"Distribution of the random directions: one of {sorted(PERTURBATIONS)}."},
-    )
-    zo_difference: str = field(
-        default="central",
-        metadata={"help": "'central' (L(θ+εz) − L(θ−εz)) / 2ε or one-sided 'forward' (L(θ+εz) − L(θ)) / ε."},
-    )
     zo_seed: int | None = field(
         default=None,
         metadata={"help": "Base seed of every perturbation (defaults to `seed`). Seeds derive from (zo_seed, "
@@ -97,23 +63,12 @@ class ZOConfig(TrainingArguments):
         if self.gradient_checkpointing:
             warnings.warn("gradient_checkpointing has no effect without backward passes; disabling it.", stacklevel=2)
             self.gradient_checkpointing = False
-        if self.zo_perturbation not in PERTURBATIONS:
-            raise ValueError(f"zo_perturbation: unknown distribution {self.zo_perturbation!r}; choose from "
-                             f"{sorted(PERTURBATIONS)}")
-        _ = self.zo_settings  # validates eps, P1, P2 and the difference scheme with flag-named errors
+        ZOArguments.__post_init__(self)  # TrainingArguments.__post_init__ does not chain to it
         super().__post_init__()
 
     @property
     def zo_settings(self) -> ZOSettings:
-        return ZOSettings(
-            eps=self.zo_eps,
-            p1=self.zo_p1,
-            p2=self.zo_p2,
-            split=self.zo_split,
-            perturbation=self.zo_perturbation,
-            difference=self.zo_difference,
-            layers_path=self.zo_layers_path,
-        )
+        return self.engine_settings()
 
     @property
     def zo_base_seed(self) -> int:

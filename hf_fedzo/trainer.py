@@ -16,7 +16,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from hf_fedzo.config import ZOConfig
-from hf_fedzo.engine import SeedScope, ZOEstimate, ZOEstimator, ZOOptimizer
+from hf_fedzo.engine import SeedScope, WorkCounters, ZOEstimate, ZOEstimator, ZOOptimizer
 
 
 def _as_zo_config(args: TrainingArguments | None) -> ZOConfig:
@@ -51,7 +51,7 @@ class ZOSplitTrainer(Trainer):
         self._zo_micro_batch = 0
         self._zo_last_global_step = -1
         self._zo_last_estimate: ZOEstimate | None = None
-        self._zo_totals = {"forwards_block1": 0, "forwards_block2": 0, "flops_block1": 0, "flops_block2": 0}
+        self.zo_work = WorkCounters()  # every step's forwards and FLOPs so far
         self._zo_window: list[ZOEstimate] = []
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
@@ -114,13 +114,12 @@ class ZOSplitTrainer(Trainer):
     def _record(self, estimate: ZOEstimate) -> None:
         self._zo_last_estimate = estimate
         self._zo_window.append(estimate)
-        for key in self._zo_totals:
-            self._zo_totals[key] += getattr(estimate, key)
+        self.zo_work += estimate.work
 
     def floating_point_ops(self, inputs: dict[str, torch.Tensor | Any]) -> int:
         """Forward FLOPs actually spent by the last ZO step (``total_flos`` otherwise assumes backward)."""
         e = self._zo_last_estimate
-        return 0 if e is None else e.flops_block1 + e.flops_block2
+        return 0 if e is None else e.work.flops
 
     # ----------------------------------------------------------------------------------------- logs
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -135,7 +134,7 @@ class ZOSplitTrainer(Trainer):
                 if nonfinite:
                     logs["zo/nonfinite_scalars"] = nonfinite
                 self._zo_window.clear()
-            logs.update({f"zo/{k}": float(v) for k, v in self._zo_totals.items()})
+            logs.update({f"zo/{k}": float(v) for k, v in self.zo_work.to_dict().items()})
         super().log(logs, start_time)
 
     # ---------------------------------------------------------------------------------- trajectory
@@ -166,7 +165,7 @@ class ZOSplitTrainer(Trainer):
         return {
             "settings": asdict(self.args.zo_settings),
             "seed": {"base": self.seed_scope.base, "round": self.seed_scope.round, "client": self.seed_scope.client},
-            "run": {"global_step": self.state.global_step, "totals": dict(self._zo_totals),
+            "run": {"global_step": self.state.global_step, "totals": self.zo_work.to_dict(),
                     "learning_rate": self.args.learning_rate, "weight_decay": self.args.weight_decay},
         }
 

@@ -218,7 +218,7 @@ class Trajectory:
             versions=_versions(__version__),
             run={
                 "global_step": trainer.state.global_step,
-                "totals": dict(getattr(trainer, "_zo_totals", {})),
+                "totals": trainer.zo_work.to_dict(),
                 "learning_rate": args.learning_rate,
                 "weight_decay": args.weight_decay,
                 "command": command if command is not None else current_command(),

@@ -29,11 +29,16 @@ import torch
 from accelerate import PartialState
 
 from hf_fedzo.data import load_task_dataset
-from hf_fedzo.federation import FederationConfig, simulate_federation
-from hf_fedzo.federation.fedavg import simulate_fedavg
-from hf_fedzo.federation.simulation import federation_figures
-from hf_fedzo.federation.tasks import task_batch_loss, task_clients
-from hf_fedzo.reporting import plot_curves, write_json
+from hf_fedzo.federation import (
+    METHODS,
+    FederationConfig,
+    draw_curves,
+    federation_figures,
+    simulate_federation,
+    task_batch_loss,
+    task_clients,
+)
+from hf_fedzo.reporting import write_json
 from hf_fedzo.runs import DataArguments, ModelArguments, load_model, load_tokenizer, recipe_parser, run_recipe
 from hf_fedzo.tasks import load_task
 
@@ -44,7 +49,6 @@ class RunArguments:
     compare_with: list[str] = field(default_factory=lambda: ["mezo"], metadata={
         "help": "Methods run after --method at the forward-FLOP budget it spent: fedspzo, mezo, nspsa, fedavg "
                 "(first-order LoRA FedAvg with AdamW; counts forward FLOPs only) or none."})
-    fedavg_lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of --compare_with fedavg clients."})
     eval_samples: int = field(default=128, metadata={"help": "Validation examples scored every --eval_every rounds."})
     test_samples: int | None = field(default=None, metadata={"help": "Held-out examples (default: all)."})
     eval_batch_size: int = field(default=32, metadata={"help": "Batch size of evaluation forwards."})
@@ -93,8 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     curves, budget = {}, federation.flop_budget
     methods = [federation.method, *(m for m in run.compare_with if m != "none")]
     for index, method in enumerate(methods):
-        config = dataclasses.replace(federation, method="fedspzo" if method == "fedavg" else method,
-                                     flop_budget=budget)
+        config = dataclasses.replace(federation, method=method, flop_budget=budget)
         if index and federation.flop_budget is None:  # run until the first method's compute is spent
             config = dataclasses.replace(config, rounds=20 * federation.rounds)
         model = model if index == 0 else model_for_run()
@@ -102,17 +105,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     + (f", until {budget / 1e12:.1f} forward TFLOPs" if budget else f", {config.rounds} rounds"))
         started = time.perf_counter()
         evaluate = lambda m: task.evaluate(m, validation, batch_size=run.eval_batch_size)  # noqa: E731
-        if method == "fedavg":
-            result = simulate_fedavg(model, task_batch_loss(task), clients, config, client_lr=run.fedavg_lr,
-                                     evaluate=evaluate, output_dir=output / method)
-        else:
-            result = simulate_federation(model, task_batch_loss(task), clients, config, output_dir=output / method,
-                                         resume=run.resume, evaluate=evaluate, run_info=run_info)
+        result = simulate_federation(model, task_batch_loss(task), clients, config, output_dir=output / method,
+                                     resume=run.resume, evaluate=evaluate, run_info=run_info)
         seconds = time.perf_counter() - started
         budget = budget if budget is not None else result.total_flops
         if state.is_main_process:
             # The adapter folder is what `hf-fedzo push` publishes: its card reads these two files.
-            adapter, figures = output / method / "adapter", federation_figures(config, result) | {"method": method}
+            adapter, figures = output / method / "adapter", federation_figures(config, result)
             model.save_pretrained(adapter)
             accuracy = held_out_accuracy(model)
             write_json(adapter / "federation.json", figures)
@@ -121,18 +120,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "held_out_accuracy": accuracy, "rounds": figures["rounds"], "forward_tflops": figures["forward_tflops"],
                 "wall_time_s": seconds, "bytes_up_per_client_round": figures["uplink_bytes_per_client_round"],
                 "bytes_down_per_client_round": figures["downlink_bytes_per_client_round"],
-                "settings": {"lr": run.fedavg_lr, "optimizer": "adamw"} if method == "fedavg"
-                else dataclasses.asdict(config.round_settings()),
+                "settings": {"lr": config.fedavg_lr, "optimizer": "adamw"} if METHODS[method].first_order
+                else config.round_settings().to_json(),
             }
-            rounds = result.rounds
-            evaluated = [r for r in rounds if "eval" in r]
-            curves[method] = ([r["cumulative_flops"] for r in evaluated], [r["eval"]["accuracy"] for r in evaluated])
+            evaluated = [r for r in result.rounds if r.eval is not None]
+            curves[method] = ([r.cumulative_flops for r in evaluated], [r.eval["accuracy"] for r in evaluated])
         state.wait_for_everyone()
 
     if state.is_main_process:
         summary["wall_time_s"] = time.perf_counter() - started_run
         write_json(output / "summary.json", summary)
-        plot_curves(output / "accuracy_vs_flops.png", curves, xlabel="cumulative forward FLOPs (all clients)",
+        draw_curves(output / "accuracy_vs_flops.png", curves, xlabel="cumulative forward FLOPs (all clients)",
                     ylabel=f"validation accuracy ({len(validation)} examples)", title="equal forward-FLOP budget")
         _print_summary(summary)
     return summary

@@ -17,4 +17,4 @@ result = simulate_federation(model, batch_loss, client_data(), config(dropout=0.
                              output_dir=f"{out}/run")
 with open(f"{out}/rank{state.process_index}.json", "w") as f:
     json.dump({"world": state.num_processes, "checksum": checksum(model),
-               "rounds": [{k: v for k, v in r.items() if k != "seconds"} for r in result.rounds]}, f)
+               "rounds": [{k: v for k, v in r.to_dict().items() if k != "seconds"} for r in result.rounds]}, f)

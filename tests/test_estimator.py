@@ -129,15 +129,15 @@ def test_forward_counts_per_step(p1: int, p2: int, split: int | str) -> None:
     estimator = ZOEstimator(model, ZOSettings(p1=p1, p2=p2, split=split))
     e = estimator.estimate(lambda: model(**batch).loss, 1)
     if split == "none":
-        assert (e.forwards_block1, e.forwards_block2) == (0, 2 * p1 * p2)
-        assert e.flops_block1 == 0
+        assert (e.work.forwards_block1, e.work.forwards_block2) == (0, 2 * p1 * p2)
+        assert e.work.flops_block1 == 0
     else:
-        assert (e.forwards_block1, e.forwards_block2) == (2 * p1, 2 * p1 * p2)
-        c1, c2 = e.flops_block1 / e.forwards_block1, e.flops_block2 / e.forwards_block2
+        assert (e.work.forwards_block1, e.work.forwards_block2) == (2 * p1, 2 * p1 * p2)
+        c1, c2 = e.work.flops_block1 / e.work.forwards_block1, e.work.flops_block2 / e.work.forwards_block2
         # both blocks are costed from the layers they run: c1 covers `split` of 4 layers
         assert c1 > 0 and c2 > 0
         full = ZOEstimator(model, ZOSettings(split="none")).estimate(lambda: model(**batch).loss, 1)
-        assert c1 + c2 == pytest.approx(full.flops_block2 / full.forwards_block2, rel=0.02)
+        assert c1 + c2 == pytest.approx(full.work.flops_block2 / full.work.forwards_block2, rel=0.02)
     assert e.scalars.shape == (p1, p2)
 
 

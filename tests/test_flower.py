@@ -26,6 +26,7 @@ from hf_fedzo.federation import (  # noqa: E402
     ClientData,
     FederatedServer,
     FederationConfig,
+    RoundRecord,
     ZOClient,
     simulate_federation,
 )
@@ -49,7 +50,7 @@ def fed_config(**overrides: Any) -> FederationConfig:
     return config(**({"num_clients": NUM_CLIENTS, "clients_per_round": 2, "rounds": 2} | overrides))
 
 
-def simulated(cfg: FederationConfig) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
+def simulated(cfg: FederationConfig) -> tuple[torch.nn.Module, list[RoundRecord]]:
     model = tiny_model()
     result = simulate_federation(model, batch_loss, client_data(num_clients=cfg.num_clients), cfg)
     return model, result.rounds
@@ -125,14 +126,14 @@ def test_in_process_federation_matches_the_simulator_and_resyncs_lost_clients(ta
     grid = LocalGrid(client_app(), run_id=101)
     lost: list[int] = []
 
-    def lose_state(record: dict[str, Any]) -> None:
+    def lose_state(record: RoundRecord) -> None:
         # After round 1 every SuperNode restarts (state gone) and so does the client process (replica gone).
-        if record["round"] == 1:
+        if record.round == 1:
             for context in grid.contexts.values():
                 if flower.RECORD in context.state:
                     lost.append(context.node_config["partition-id"])
                 context.state.clear()
-            flower._REPLICA.clear()
+            flower.reset_process_cache()
 
     federation = server_side(cfg, on_round_end=lose_state)
     result = federation.run(grid)
@@ -141,24 +142,24 @@ def test_in_process_federation_matches_the_simulator_and_resyncs_lost_clients(ta
     assert_same_weights(federation.replica.model, reference)  # type: ignore[union-attr]
     assert checksum(reference) != checksum(tiny_model())
     for ours, theirs in zip(result.rounds, reference_rounds, strict=True):
-        assert ours["sampled"] == theirs["sampled"] and ours["train_loss"] == theirs["train_loss"]
-        assert ours["bytes_up"] == theirs["bytes_up"] and ours["flops"] == theirs["flops"]
+        assert ours.sampled == theirs.sampled and ours.train_loss == theirs.train_loss
+        assert ours.bytes_up == theirs.bytes_up and ours.flops == theirs.flops
     # Clients that lost their state asked for the log from the initial weights the next time they were sampled.
-    resynced = {int(k) for r in result.rounds[2:] for k, after in r["resynced"].items() if after == -1}
+    resynced = {k for r in result.rounds[2:] for k, after in r.resynced.items() if after == -1}
     assert resynced and resynced <= set(lost)
-    assert all(not r["resynced"] for r in result.rounds[:2])
+    assert all(not r.resynced for r in result.rounds[:2])
     # Query messages only once per node; the rest are train messages, one per sampled client plus resends.
     kinds = [m.metadata.message_type for m in grid.sent]
     assert kinds.count("query") == NUM_CLIENTS
-    assert kinds.count("train") == sum(len(r["sampled"]) + len(r["resynced"]) for r in result.rounds)
+    assert kinds.count("train") == sum(len(r.sampled) + len(r.resynced) for r in result.rounds)
 
 
 def test_a_client_process_restart_reloads_its_state_without_a_resync(task_identity: None) -> None:
     cfg = fed_config(rounds=3, clients_per_round=3)
     grid = LocalGrid(client_app(), run_id=102)
-    federation = server_side(cfg, on_round_end=lambda record: flower._REPLICA.clear())
+    federation = server_side(cfg, on_round_end=lambda record: flower.reset_process_cache())
     result = federation.run(grid)
-    assert all(not r["resynced"] for r in result.rounds)
+    assert all(not r.resynced for r in result.rounds)
     assert_same_weights(federation.replica.model, simulated(cfg)[0])  # type: ignore[union-attr]
     state = grid.contexts[1000].state[flower.RECORD]
     assert isinstance(state, ConfigRecord) and state["round"] == cfg.rounds - 2  # synced before the last round
@@ -168,15 +169,15 @@ def test_a_killed_server_resumes_from_its_state_file_in_a_new_run(task_identity:
     """A new Flower run (fresh node state everywhere) continues the saved log and ends where the simulator does."""
     cfg = fed_config(rounds=4)
 
-    def crash(record: dict[str, Any]) -> None:
-        if record["round"] == 1:
+    def crash(record: RoundRecord) -> None:
+        if record.round == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         server_side(cfg, output_dir=tmp_path, on_round_end=crash).run(LocalGrid(client_app(), run_id=106))
     federation = server_side(cfg, output_dir=tmp_path)
     result = federation.run(LocalGrid(client_app(), run_id=107))
-    assert [r["round"] for r in result.rounds] == [0, 1, 2, 3]
+    assert [r.round for r in result.rounds] == [0, 1, 2, 3]
     assert_same_weights(federation.replica.model, simulated(cfg)[0])  # type: ignore[union-attr]
     assert (tmp_path / "federation_results.json").is_file()
 
@@ -190,13 +191,13 @@ def test_silent_and_failing_clients_drop_out_and_the_round_completes(task_identi
     federation = server_side(cfg, round_timeout=1.0)
     result = federation.run(grid)
     for record in result.rounds:
-        assert len(record["dropped"]) == 1, "the simulator's seeded drop-outs apply too"
-        active = [k for k in record["sampled"] if k not in record["dropped"]]
-        assert record["unanswered"] == [k for k in active if k == silent]
-        assert list(record["failed"]) == [k for k in active if k == failing]
-        assert "out of memory" in "".join(record["failed"].values()) or failing not in active
-        assert sorted(map(int, record["bytes_up"])) == [k for k in active if k not in (silent, failing)]
-    assert result.rounds[0]["unanswered"] and result.rounds[0]["failed"]
+        assert len(record.dropped) == 1, "the simulator's seeded drop-outs apply too"
+        active = [k for k in record.sampled if k not in record.dropped]
+        assert record.unanswered == [k for k in active if k == silent]
+        assert list(record.failed) == [k for k in active if k == failing]
+        assert "out of memory" in "".join(record.failed.values()) or failing not in active
+        assert sorted(record.bytes_up) == [k for k in active if k not in (silent, failing)]
+    assert result.rounds[0].unanswered and result.rounds[0].failed
     assert federation.server.completed_round == cfg.rounds - 1
 
 
@@ -209,7 +210,7 @@ def test_nodes_of_another_federation_or_a_taken_client_id_are_not_used(task_iden
     federation = server_side(cfg)
     record = federation.run(grid).rounds[0]
     assert federation.nodes == {0: 1000, 1: 1001, 2: 1002} and federation.ignored == {2001}
-    assert sorted(map(int, record["bytes_up"])) == [0, 1, 2]
+    assert sorted(record.bytes_up) == [0, 1, 2]
     assert {m.metadata.dst_node_id for m in grid.sent if m.metadata.message_type == "train"} == {1000, 1001, 1002}
 
 
@@ -238,7 +239,7 @@ def test_bad_reports_are_rejected_and_nothing_of_them_is_kept(task_identity: Non
     grid.tamper[1002] = lambda reply: _rewrite_report(reply, change)
     federation = server_side(cfg)
     record = federation.run(grid).rounds[0]
-    assert list(record["rejected"]) == [2] and reason in record["rejected"][2]
+    assert list(record.rejected) == [2] and reason in record.rejected[2]
 
     # The round's log is the aggregate of clients 0 and 1 alone.
     honest = flower.FlowerFederation(cfg, wait_for_nodes=5)
@@ -326,8 +327,8 @@ def test_flower_simulation_engine_matches_simulate_federation() -> None:
     assert federation.server.completed_round == cfg.rounds - 1
     # Checked first: a client that Ray could not start in time (a loaded machine) is dropped for its round,
     # which changes the aggregate; say so rather than report differing weights.
-    assert all(not r["unreachable"] and not r["unanswered"] and not r["failed"] and not r["rejected"]
+    assert all(not r.unreachable and not r.unanswered and not r.failed and not r.rejected
                for r in federation.result.rounds), federation.result.rounds
-    assert [r["sampled"] for r in federation.result.rounds] == [r["sampled"] for r in reference_rounds]
-    assert [r["train_loss"] for r in federation.result.rounds] == [r["train_loss"] for r in reference_rounds]
+    assert [r.sampled for r in federation.result.rounds] == [r.sampled for r in reference_rounds]
+    assert [r.train_loss for r in federation.result.rounds] == [r.train_loss for r in reference_rounds]
     assert_same_weights(federation.replica.model, reference)  # type: ignore[union-attr]

@@ -180,7 +180,7 @@ def test_federated_compares_methods_at_equal_flops(assets: dict[str, Path], tmp_
         "--compare_with", "mezo", "fedavg"])
     assert summary["zero_shot_accuracy"] is not None and summary["held_out_examples"] == 4
     fedspzo, mezo = summary["methods"]["fedspzo"], summary["methods"]["mezo"]
-    assert fedspzo["rounds"] == 2 and fedspzo["settings"]["p2"] == 2 and mezo["settings"]["p2"] == 1
+    assert fedspzo["rounds"] == 2 and fedspzo["settings"]["zo"]["p2"] == 2 and mezo["settings"]["zo"]["p2"] == 1
     assert mezo["forward_tflops"] >= fedspzo["forward_tflops"] and mezo["rounds"] > fedspzo["rounds"]
     assert 0 < fedspzo["bytes_up_per_client_round"] < 500
     assert summary["methods"]["fedavg"]["bytes_up_per_client_round"] > 10 * fedspzo["bytes_up_per_client_round"]

@@ -1,6 +1,6 @@
 """The ZO engine: seeded perturbations, split execution and the estimator. No Trainer imports here."""
 
-from hf_fedzo.engine.estimator import ZOEstimate, ZOEstimator, ZOSettings
+from hf_fedzo.engine.estimator import ZOEstimate, ZOEstimator
 from hf_fedzo.engine.optimizer import ZOOptimizer, ZOUpdate, apply_updates
 from hf_fedzo.engine.perturbation import (
     PERTURBATIONS,
@@ -9,7 +9,15 @@ from hf_fedzo.engine.perturbation import (
     register_perturbation,
 )
 from hf_fedzo.engine.seeds import SeedScope, direction_seed, mix_seed
-from hf_fedzo.engine.split import SplitPlan, UnsupportedModelError, find_layer_stack, trainable_parameters
+from hf_fedzo.engine.settings import ZOArguments, ZOSettings, zo_field
+from hf_fedzo.engine.split import (
+    SplitPlan,
+    UnsupportedModelError,
+    find_layer_stack,
+    trainable_parameters,
+    trainable_tensors,
+)
+from hf_fedzo.engine.work import WorkCounters
 
 __all__ = [
     "PERTURBATIONS",
@@ -18,6 +26,8 @@ __all__ = [
     "SeedScope",
     "SplitPlan",
     "UnsupportedModelError",
+    "WorkCounters",
+    "ZOArguments",
     "ZOEstimate",
     "ZOEstimator",
     "ZOOptimizer",
@@ -29,4 +39,6 @@ __all__ = [
     "mix_seed",
     "register_perturbation",
     "trainable_parameters",
+    "trainable_tensors",
+    "zo_field",
 ]

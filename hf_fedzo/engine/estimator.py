@@ -18,32 +18,12 @@ from torch import nn
 
 from hf_fedzo.engine.perturbation import DirectionApplier, IndexedParameter
 from hf_fedzo.engine.seeds import BLOCK1, BLOCK2, direction_seed
+from hf_fedzo.engine.settings import ZOSettings
 from hf_fedzo.engine.split import FlopCounter, SplitExecutor, SplitPlan, build_plan, find_layer_stack
+from hf_fedzo.engine.work import WorkCounters
 
 LossFn = Callable[[], torch.Tensor]
 Term = tuple[int, float]  # (direction seed, coefficient)
-
-
-@dataclass(frozen=True)
-class ZOSettings:
-    """What the engine needs to know; ``ZOConfig`` and the federation settings both produce one."""
-
-    eps: float = 1e-3
-    p1: int = 1
-    p2: int = 1
-    split: str | int | float = "none"
-    perturbation: str = "gaussian"
-    difference: str = "central"
-    layers_path: str | None = None
-
-    def __post_init__(self) -> None:
-        if not self.eps > 0:
-            raise ValueError(f"zo_eps must be > 0 (got {self.eps})")
-        for name in ("p1", "p2"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"zo_{name} must be >= 1 (got {getattr(self, name)})")
-        if self.difference not in ("central", "forward"):
-            raise ValueError(f"zo_difference must be 'central' or 'forward' (got {self.difference!r})")
 
 
 @dataclass
@@ -53,10 +33,7 @@ class ZOEstimate:
     step_seed: int
     scalars: torch.Tensor  # (P1, P2) float32 projected gradients
     loss: float  # mean of every loss evaluated in the step
-    forwards_block1: int = 0
-    forwards_block2: int = 0
-    flops_block1: int = 0
-    flops_block2: int = 0
+    work: WorkCounters = field(default_factory=WorkCounters)
     extras: dict[str, float] = field(default_factory=dict)
 
 
@@ -153,8 +130,8 @@ class ZOEstimator:
         if nonfinite:
             # A NaN/inf loss would poison every parameter it touches; drop those directions instead.
             scalars = torch.nan_to_num(scalars, nan=0.0, posinf=0.0, neginf=0.0)
-        return ZOEstimate(step_seed, scalars.float(), mean_loss, forwards[0], forwards[1], flops[0], flops[1],
-                          {"nonfinite_scalars": float(nonfinite)})
+        work = WorkCounters(forwards[0], forwards[1], flops[0], flops[1])
+        return ZOEstimate(step_seed, scalars.float(), mean_loss, work, {"nonfinite_scalars": float(nonfinite)})
 
     @property
     def _sides(self) -> tuple[int, ...]:

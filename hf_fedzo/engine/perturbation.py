@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from hf_fedzo.engine.seeds import parameter_seed
+from hf_fedzo.registry import Registry
 
 CHUNK_NUMEL = 1 << 20
 
@@ -30,20 +31,18 @@ def _rademacher(out: torch.Tensor, generator: torch.Generator) -> None:
     out.random_(0, 2, generator=generator).mul_(2).sub_(1)
 
 
-PERTURBATIONS: dict[str, Sampler] = {"gaussian": _gaussian, "rademacher": _rademacher}
+PERTURBATIONS: Registry[Sampler] = Registry("zo_perturbation", {"gaussian": _gaussian, "rademacher": _rademacher})
 
 
-def register_perturbation(name: str, sampler: Sampler) -> None:
+def register_perturbation(name: str, sampler: Sampler, *, overwrite: bool = False) -> Sampler:
     """Add a distribution: ``sampler(out, generator)`` fills ``out`` in place with zero-mean, unit-variance noise."""
-    PERTURBATIONS[name] = sampler
+    return PERTURBATIONS.register(name, sampler, overwrite=overwrite)
 
 
 def get_sampler(name: str) -> Sampler:
-    try:
-        return PERTURBATIONS[name]
-    except KeyError:
-        choices = sorted(PERTURBATIONS)
-        raise ValueError(f"zo_perturbation: unknown distribution {name!r}; choose from {choices}") from None
+    if name not in PERTURBATIONS:
+        raise ValueError(f"zo_perturbation: unknown distribution {name!r}; choose from {sorted(PERTURBATIONS)}")
+    return PERTURBATIONS[name]
 
 
 @dataclass(frozen=True)

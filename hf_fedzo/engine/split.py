@@ -110,6 +110,11 @@ def trainable_parameters(model: nn.Module) -> list[IndexedParameter]:
     return params
 
 
+def trainable_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The same tensors by name: what a transport saves, loads or averages (FedAvg, a Flower node's state)."""
+    return {p.name: p.tensor for p in trainable_parameters(model)}
+
+
 @dataclass
 class SplitPlan:
     """Which parameters each block owns, and the cost of each block measured on a trace forward."""

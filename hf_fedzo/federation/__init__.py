@@ -1,13 +1,17 @@
 """Federated zeroth-order fine-tuning: clients exchange (seed, scalar) pairs, never weights.
 
-Layers: :mod:`protocol` (typed messages, wire format) ← :mod:`aggregation` / :mod:`server` /
-:mod:`client` (which runs the engine's ``ZOEstimator``) ← :mod:`simulation` (accelerate). Nothing here
-imports ``transformers.Trainer``.
+Layers: :mod:`protocol` (typed messages, wire format) ← :mod:`aggregation` / :mod:`server` / :mod:`client`
+(which runs the engine's ``ZOEstimator``) ← :mod:`rounds` (the one round loop; :mod:`records` its typed
+records, :mod:`results` its only writer) ← the exchanges of :mod:`simulation` (accelerate) and :mod:`fedavg`
+(first-order baseline); Flower's is ``hf_fedzo.integrations.flower``. Nothing here imports
+``transformers.Trainer``.
 """
 
-from hf_fedzo.federation.aggregation import AGGREGATORS, aggregate_round
-from hf_fedzo.federation.client import LocalWork, ZOClient
-from hf_fedzo.federation.config import METHODS, FederationConfig
+from hf_fedzo.federation.aggregation import AGGREGATORS, aggregate_round, register_aggregator
+from hf_fedzo.federation.client import Batch, BatchLoss, ZOClient
+from hf_fedzo.federation.clients import ClientData, task_batch_loss, task_clients
+from hf_fedzo.federation.config import METHODS, FederationConfig, Method
+from hf_fedzo.federation.fedavg import simulate_fedavg
 from hf_fedzo.federation.partition import PARTITIONERS, describe_partition, partition_dataset, register_partitioner
 from hf_fedzo.federation.protocol import (
     MAX_MESSAGE_BYTES,
@@ -20,8 +24,11 @@ from hf_fedzo.federation.protocol import (
     decode,
     encode,
 )
+from hf_fedzo.federation.records import ClientRecord, Exchanged, FederationResult, RoundRecord
+from hf_fedzo.federation.results import RESULTS_FILE, draw_curves, federation_figures, write_results
+from hf_fedzo.federation.rounds import STATE_FILE, Exchange, accept_reports, run_fingerprint, run_rounds
 from hf_fedzo.federation.server import FederatedServer
-from hf_fedzo.federation.simulation import ClientData, SimulationResult, simulate_federation
+from hf_fedzo.federation.simulation import AccelerateExchange, simulate_federation
 
 __all__ = [
     "AGGREGATORS",
@@ -29,22 +36,41 @@ __all__ = [
     "METHODS",
     "PARTITIONERS",
     "PROTOCOL_VERSION",
+    "RESULTS_FILE",
+    "STATE_FILE",
+    "AccelerateExchange",
+    "Batch",
+    "BatchLoss",
     "ClientData",
+    "ClientRecord",
     "ClientReport",
+    "Exchange",
+    "Exchanged",
     "FederatedServer",
     "FederationConfig",
-    "LocalWork",
+    "FederationResult",
     "LogRecord",
+    "Method",
     "ProtocolError",
     "RoundInstruction",
+    "RoundRecord",
     "RoundSettings",
-    "SimulationResult",
     "ZOClient",
+    "accept_reports",
     "aggregate_round",
     "decode",
     "describe_partition",
+    "draw_curves",
     "encode",
+    "federation_figures",
     "partition_dataset",
+    "register_aggregator",
     "register_partitioner",
+    "run_fingerprint",
+    "run_rounds",
+    "simulate_fedavg",
     "simulate_federation",
+    "task_batch_loss",
+    "task_clients",
+    "write_results",
 ]

@@ -15,6 +15,7 @@ import numpy as np
 
 from hf_fedzo.engine import SeedScope, ZOUpdate
 from hf_fedzo.federation.protocol import ClientReport, LogRecord, RoundSettings
+from hf_fedzo.registry import Registry
 
 # (clients, ...) stacked scalars and normalised client weights → aggregated scalars.
 Aggregator = Callable[[np.ndarray, np.ndarray, float], np.ndarray]
@@ -34,13 +35,19 @@ def _trimmed_mean(stacked: np.ndarray, weights: np.ndarray, trim: float) -> np.n
     return kept.mean(axis=0).astype(np.float32)
 
 
-AGGREGATORS: dict[str, Aggregator] = {"mean": _weighted_mean, "median": _median, "trimmed_mean": _trimmed_mean}
+AGGREGATORS: Registry[Aggregator] = Registry("aggregation", {"mean": _weighted_mean, "median": _median,
+                                                            "trimmed_mean": _trimmed_mean})
+
+
+def register_aggregator(name: str, aggregator: Aggregator, *, overwrite: bool = False) -> Aggregator:
+    """Add a per-seed rule: ``aggregator(stacked, weights, trim_fraction)`` maps the (clients, P1, P2) scalars and
+    the normalised client weights to (P1, P2). Rules other than ``mean`` need shared seeds."""
+    return AGGREGATORS.register(name, aggregator, overwrite=overwrite)
 WEIGHTINGS = ("examples", "uniform")
 
 
 def check_aggregation(aggregation: str, weighting: str, trim_fraction: float, shared_seeds: bool) -> None:
-    if aggregation not in AGGREGATORS:
-        raise ValueError(f"aggregation must be one of {sorted(AGGREGATORS)} (got {aggregation!r})")
+    AGGREGATORS.check(aggregation)
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {list(WEIGHTINGS)} (got {weighting!r})")
     if not 0 <= trim_fraction < 0.5:

@@ -9,32 +9,17 @@ weights are ever downloaded.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from hf_fedzo.engine import SeedScope, ZOEstimator, apply_updates
+from hf_fedzo.engine import SeedScope, WorkCounters, ZOEstimator, apply_updates
 from hf_fedzo.federation.protocol import ClientReport, LogRecord, ProtocolError, RoundInstruction, RoundSettings
 
 Batch = Mapping[str, Any]
 BatchLoss = Callable[[nn.Module, Batch], torch.Tensor]
-
-
-@dataclass
-class LocalWork:
-    """What one client's round cost, measured as it ran (not part of the wire protocol)."""
-
-    forwards_block1: int = 0
-    forwards_block2: int = 0
-    flops_block1: int = 0
-    flops_block2: int = 0
-
-    def add(self, other: LocalWork) -> None:
-        for key in vars(self):
-            setattr(self, key, getattr(self, key) + getattr(other, key))
 
 
 class ZOClient:
@@ -56,7 +41,7 @@ class ZOClient:
         self.synced_round = -1  # every log record up to this round has been applied
 
     def _estimator_for(self, settings: RoundSettings, batch: Batch) -> ZOEstimator:
-        wanted = settings.zo_settings()
+        wanted = settings.zo
         if self.estimator is None:
             self.estimator = ZOEstimator(self.model, wanted)
             self.estimator.prepare(lambda: self.batch_loss(self.model, batch))
@@ -82,7 +67,7 @@ class ZOClient:
 
     @torch.no_grad()
     def run_local_steps(self, round_id: int, seed_base: int, seed_client: int, settings: RoundSettings,
-                        batches: Sequence[Batch]) -> tuple[np.ndarray, list[float], LocalWork]:
+                        batches: Sequence[Batch]) -> tuple[np.ndarray, list[float], WorkCounters]:
         """Local ZO steps from the current (synced) weights; the weights are restored before returning.
 
         Returns the (local steps, P1, P2) float32 scalars, the loss of each step and the work done.
@@ -95,14 +80,13 @@ class ZOClient:
         # would make this replica differ from one that only replayed the log. The copy holds the trainable
         # tensors only (small for adapters) and lives on the CPU.
         snapshot = [p.tensor.detach().to("cpu", copy=True) for p in estimator.parameters]
-        scalars, losses, work = [], [], LocalWork()
+        scalars, losses, work = [], [], WorkCounters()
         try:
             for step, batch in enumerate(batches):
                 estimate = estimator.estimate(lambda b=batch: self.batch_loss(self.model, b), scope.step_seed(step))
                 scalars.append(estimate.scalars.numpy())
                 losses.append(estimate.loss)
-                work.add(LocalWork(estimate.forwards_block1, estimate.forwards_block2, estimate.flops_block1,
-                                   estimate.flops_block2))
+                work += estimate.work
                 if step < settings.local_steps - 1:
                     estimator.apply_update([(estimate.step_seed, estimate.scalars)], settings.lr,
                                            settings.weight_decay)
@@ -112,7 +96,7 @@ class ZOClient:
         return np.stack(scalars).astype(np.float32), losses, work
 
     def handle(self, instruction: RoundInstruction, batches: Sequence[Batch],
-               num_examples: int) -> tuple[ClientReport, LocalWork]:
+               num_examples: int) -> tuple[ClientReport, WorkCounters]:
         """Answer one round as a standalone client: replay what is new, run the local steps, report."""
         settings = instruction.settings
         self.replay(instruction.replay, instruction.round - 1, settings, batches[0], instruction.replay_after)

@@ -5,26 +5,43 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hf_fedzo.engine.split import parse_split
+from hf_fedzo.engine import ZOArguments, zo_field
 from hf_fedzo.federation.aggregation import check_aggregation
 from hf_fedzo.federation.partition import PARTITIONERS
 from hf_fedzo.federation.protocol import RoundSettings
+from hf_fedzo.registry import Registry
 
-# Named methods fix part of the ZO shape (applied by round_settings); every other field stays as given.
-METHODS: dict[str, dict[str, Any]] = {
-    "fedspzo": {},  # the zo_p1 / zo_p2 / zo_split given
-    "mezo": {"zo_p1": 1, "zo_p2": 1, "zo_split": "none"},  # federated MeZO, DeComFL-style
-    "nspsa": {"zo_p1": 1, "zo_split": "none"},  # zo_p2 full-model directions per step
-}
+
+@dataclass(frozen=True)
+class Method:
+    """A federated method: the ``zo_*`` values it fixes (applied by ``round_settings``; every other field stays
+    as given) or, for a first-order baseline, ``first_order=True`` (clients backpropagate and upload tensors)."""
+
+    description: str
+    zo: dict[str, Any] = field(default_factory=dict)
+    first_order: bool = False
+
+
+METHODS: Registry[Method] = Registry("method", {
+    "fedspzo": Method("split perturbations, zo_p1 x zo_p2 (the zo_* values given)"),
+    "mezo": Method("federated MeZO, DeComFL-style: P1=P2=1, no split",
+                   {"zo_p1": 1, "zo_p2": 1, "zo_split": "none"}),
+    "nspsa": Method("zo_p2 full-model directions per step, no split", {"zo_p1": 1, "zo_split": "none"}),
+    "fedavg": Method("first-order FedAvg over the trainable tensors with AdamW (the baseline; fedavg_lr)",
+                     first_order=True),
+})
 
 
 @dataclass
-class FederationConfig:
-    """A federation simulated on one or several processes (or served over Flower)."""
+class FederationConfig(ZOArguments):
+    """A federation simulated on one or several processes (or served over Flower).
+
+    The ``zo_*`` fields are :class:`~hf_fedzo.engine.ZOArguments`' (shared with ``ZOConfig``); only ``zo_eps``
+    has another default here, 1e-2, because federated runs fine-tune adapters (LoRA wants the larger ε).
+    """
 
     method: str = field(default="fedspzo", metadata={
-        "help": "fedspzo (split perturbations, zo_p1 x zo_p2), mezo (P1=P2=1, no split) or nspsa "
-                "(zo_p2 full-model directions, no split)", "choices": sorted(METHODS)})
+        "help": "; ".join(f"{name}: {m.description}" for name, m in METHODS.items()), "choices": sorted(METHODS)})
     num_clients: int = field(default=8, metadata={"help": "clients in the federation"})
     clients_per_round: int = field(default=4, metadata={"help": "clients sampled each round (seeded)"})
     rounds: int = field(default=20, metadata={"help": "federated rounds"})
@@ -32,15 +49,7 @@ class FederationConfig:
     batch_size: int = field(default=16, metadata={"help": "examples per local step"})
     learning_rate: float = field(default=1e-3, metadata={"help": "ZO learning rate (applied by every replay)"})
     weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay per update"})
-    zo_eps: float = field(default=1e-2, metadata={"help": "perturbation scale epsilon"})
-    zo_p1: int = field(default=1, metadata={"help": "block-1 perturbations per step (P1)"})
-    # P2=4 with the split at 0.9 of the stack: the best arm of the split-placement sweep (docs/benchmarks.md).
-    zo_p2: int = field(default=4, metadata={"help": "block-2 perturbations per block-1 perturbation (P2)"})
-    zo_split: str = field(default="0.9", metadata={
-        "help": "where block 1 ends: a fraction of the layers (default 0.9, from the split-placement sweep), "
-                "a layer index, 'auto' (C1 = P2*C2) or 'none'"})
-    zo_perturbation: str = field(default="gaussian", metadata={"help": "gaussian or rademacher directions"})
-    zo_difference: str = field(default="central", metadata={"help": "central or forward differences"})
+    zo_eps: float = zo_field("zo_eps", default=1e-2)
     per_client_seeds: bool = field(default=False, metadata={
         "help": "give each client its own directions (more directions per round; replay cost x clients)"})
     aggregation: str = field(default="mean", metadata={
@@ -54,10 +63,10 @@ class FederationConfig:
     eval_every: int = field(default=5, metadata={"help": "evaluate the global model every N rounds (0: end only)"})
     flop_budget: float | None = field(default=None, metadata={
         "help": "stop once the clients' cumulative forward FLOPs reach this (compare methods at equal compute)"})
+    fedavg_lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of method=fedavg clients"})
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {sorted(METHODS)} (got {self.method!r})")
+        METHODS.check(self.method)
         for name in ("num_clients", "clients_per_round", "rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
@@ -65,8 +74,7 @@ class FederationConfig:
             raise ValueError(f"clients_per_round={self.clients_per_round} exceeds num_clients={self.num_clients}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1) (got {self.dropout})")
-        if self.partition not in PARTITIONERS:
-            raise ValueError(f"partition must be one of {sorted(PARTITIONERS)} (got {self.partition!r})")
+        PARTITIONERS.check(self.partition)
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0 (got {self.eval_every})")
         check_aggregation(self.aggregation, self.weighting, self.trim_fraction, not self.per_client_seeds)
@@ -86,9 +94,7 @@ class FederationConfig:
         The fields themselves are left as given, so ``dataclasses.replace(config, method=...)`` turns a
         FedSPZO config into its MeZO baseline and back without losing ``zo_p2`` or ``zo_split``.
         """
-        zo = {"zo_p1": self.zo_p1, "zo_p2": self.zo_p2, "zo_split": self.zo_split} | METHODS[self.method]
-        return RoundSettings(eps=self.zo_eps, p1=zo["zo_p1"], p2=zo["zo_p2"], split=parse_split(zo["zo_split"]),
-                             perturbation=self.zo_perturbation, difference=self.zo_difference, lr=self.learning_rate,
+        return RoundSettings(zo=self.engine_settings(**METHODS[self.method].zo), lr=self.learning_rate,
                              weight_decay=self.weight_decay, local_steps=self.local_steps, batch_size=self.batch_size)
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,14 +11,17 @@ from typing import Any
 
 import numpy as np
 
+from hf_fedzo.registry import Registry
+
 Partitioner = Callable[..., list[list[int]]]
-PARTITIONERS: dict[str, Partitioner] = {}
+PARTITIONERS: Registry[Partitioner] = Registry("partition")
 
 
-def register_partitioner(name: str) -> Callable[[Partitioner], Partitioner]:
+def register_partitioner(name: str, *, overwrite: bool = False) -> Callable[[Partitioner], Partitioner]:
+    """Decorator: ``function(dataset, num_clients, seed, **options)`` returns each client's row indices."""
+
     def decorator(function: Partitioner) -> Partitioner:
-        PARTITIONERS[name] = function
-        return function
+        return PARTITIONERS.register(name, function, overwrite=overwrite)
 
     return decorator
 
@@ -85,8 +88,7 @@ def partition_dataset(dataset: Any, num_clients: int, method: str = "iid", seed:
         raise ValueError(f"num_clients must be >= 1 (got {num_clients})")
     if num_clients > len(dataset):
         raise ValueError(f"num_clients={num_clients} exceeds the {len(dataset)} training examples")
-    if method not in PARTITIONERS:
-        raise ValueError(f"partition must be one of {sorted(PARTITIONERS)} (got {method!r})")
+    PARTITIONERS.check(method)
     return PARTITIONERS[method](dataset, num_clients, seed, **options)
 
 

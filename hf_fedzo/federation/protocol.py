@@ -24,7 +24,8 @@ import numpy as np
 
 from hf_fedzo.engine import ZOSettings, ZOUpdate
 
-PROTOCOL_VERSION = 1
+# 2: the round settings carry the engine's settings as one nested object, with the layers path.
+PROTOCOL_VERSION = 2
 MAGIC = b"HFZO"
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 _HEADER = struct.Struct("<4sHBI")
@@ -51,34 +52,34 @@ def _unpack_floats(text: str, shape: tuple[int, ...], what: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class RoundSettings:
-    """Everything a client needs to run a round's local ZO steps identically to every other party."""
+    """Everything a client needs to run a round's local ZO steps identically to every other party:
+    the engine's settings (``zo``, layers path included) plus what only a round has."""
 
-    eps: float
-    p1: int
-    p2: int
-    split: str | int | float
-    perturbation: str
-    difference: str
+    zo: ZOSettings
     lr: float
     weight_decay: float
     local_steps: int
     batch_size: int
 
     def __post_init__(self) -> None:
-        self.zo_settings()  # validates eps, p1, p2, difference with the engine's own messages
         if self.local_steps < 1:
             raise ValueError(f"local_steps must be >= 1 (got {self.local_steps})")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (got {self.batch_size})")
 
-    def zo_settings(self) -> ZOSettings:
-        return ZOSettings(eps=self.eps, p1=self.p1, p2=self.p2, split=self.split, perturbation=self.perturbation,
-                          difference=self.difference)
-
     @property
     def scalar_shape(self) -> tuple[int, int, int]:
         """Shape of one client's upload: (local steps, P1, P2)."""
-        return (self.local_steps, self.p1, self.p2)
+        return (self.local_steps, self.zo.p1, self.zo.p2)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RoundSettings:
+        """Raises ``TypeError``/``ValueError`` naming the bad field (the engine validates ``zo``)."""
+        values = dict(data)
+        return cls(zo=ZOSettings(**values.pop("zo")), **values)
 
 
 @dataclass(frozen=True)
@@ -122,13 +123,13 @@ class RoundInstruction:
 
     def to_json(self) -> dict[str, Any]:
         return {"round": self.round, "client_id": self.client_id, "seed_base": str(self.seed_base),
-                "seed_client": self.seed_client, "settings": asdict(self.settings),
+                "seed_client": self.seed_client, "settings": self.settings.to_json(),
                 "replay_after": self.replay_after, "replay": [r.to_json() for r in self.replay]}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RoundInstruction:
         try:
-            settings = RoundSettings(**data["settings"])
+            settings = RoundSettings.from_json(data["settings"])
         except (TypeError, ValueError) as err:
             raise ProtocolError(f"round settings: {err}") from err
         return cls(int(data["round"]), int(data["client_id"]), int(data["seed_base"]), int(data["seed_client"]),

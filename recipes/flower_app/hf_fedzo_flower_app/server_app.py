@@ -37,9 +37,9 @@ def finish(federation: FlowerFederation, context: Context) -> None:
     model.save_pretrained(output / "adapter")
     summary = {"rounds": federation.server.completed_round + 1, "log_records": len(federation.server.log),
                "final_metrics": federation.result.final_metrics, "trainable_sha256": trainable_checksum(model),
-               "train_loss": [r["train_loss"] for r in federation.result.rounds],
-               "bytes_up": sum(sum(r["bytes_up"].values()) for r in federation.result.rounds),
-               "bytes_down": sum(sum(r["bytes_down"].values()) for r in federation.result.rounds)}
+               "train_loss": [r.train_loss for r in federation.result.rounds],
+               "bytes_up": sum(sum(r.bytes_up.values()) for r in federation.result.rounds),
+               "bytes_down": sum(sum(r.bytes_down.values()) for r in federation.result.rounds)}
     (output / "final.json").write_text(json.dumps(summary, indent=2) + "\n")
     logger.info("final: %s (written to %s)", json.dumps(summary), output.resolve())
 

@@ -17,8 +17,7 @@ from flwr.app import Context
 from torch import nn
 
 from hf_fedzo.data import load_task_dataset
-from hf_fedzo.federation import ClientData, FederationConfig
-from hf_fedzo.federation.tasks import task_batch_loss, task_clients
+from hf_fedzo.federation import ClientData, FederationConfig, task_batch_loss, task_clients
 from hf_fedzo.integrations.flower import federation_config
 from hf_fedzo.runs import DataArguments, ModelArguments, load_model, load_tokenizer
 from hf_fedzo.tasks import load_task

@@ -1,17 +1,44 @@
-"""Glue between prompt tasks (``hf_fedzo.tasks``) and the federation: losses and client datasets."""
+"""Client data and the glue from prompt tasks (:mod:`hf_fedzo.tasks`) to a federation: losses and client shares.
+
+A client's batches are a pure function of (seed, round, client), so every transport (the simulator, a Flower
+node) draws the same ones and a resumed run continues with the batches it would have had.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from hf_fedzo.federation.client import BatchLoss
+from hf_fedzo.engine import mix_seed
+from hf_fedzo.federation.client import Batch, BatchLoss
 from hf_fedzo.federation.config import FederationConfig
 from hf_fedzo.federation.partition import describe_partition, partition_dataset
-from hf_fedzo.federation.simulation import ClientData
+
+DATA_ORDER = 0xDA7A  # the seed domain of the clients' data order
+
+Collate = Callable[[list[Any]], Batch]
+
+
+@dataclass
+class ClientData:
+    """One client's local examples (already preprocessed features) and how to batch them."""
+
+    examples: Sequence[Any]
+    collate: Collate
+
+    def round_batches(self, seed: int, round_id: int, client_id: int, steps: int, batch_size: int) -> list[Batch]:
+        """The client's batches for a round: a pure function of (seed, round, client), so resumable."""
+        rng = random.Random(mix_seed(seed, round_id, client_id, DATA_ORDER))
+        order: list[int] = []
+        while len(order) < steps * batch_size:
+            order += rng.sample(range(len(self.examples)), len(self.examples))
+        return [self.collate([self.examples[i] for i in order[s * batch_size:(s + 1) * batch_size]])
+                for s in range(steps)]
 
 
 def task_batch_loss(task: Any) -> BatchLoss:

@@ -1,0 +1,106 @@
+"""The ZO step's settings, declared once: the engine's ``ZOSettings`` and the ``zo_*`` flags that produce it.
+
+``ZOArguments`` holds the ``--zo_*`` fields (defaults and help text) shared by ``ZOConfig`` (the trainer) and
+``FederationConfig`` (a federation); both turn them into one ``ZOSettings`` with :meth:`ZOArguments.engine_settings`.
+The defaults below are the only ones: P1=1, P2=4 with the split at 0.9 of the layer stack is the best arm of
+the split-placement sweep (benchmarks/federated_accuracy.py, docs/benchmarks.md: one seed on SmolLM2-135M
+with LoRA, a starting point to tune, not a law); ε=1e-3 is MeZO's (LoRA runs want 1e-2, which is why
+``FederationConfig``, whose runs fine-tune adapters, overrides that one default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from hf_fedzo.engine.perturbation import PERTURBATIONS
+from hf_fedzo.engine.split import parse_split
+
+DEFAULT_EPS = 1e-3
+DEFAULT_P1 = 1
+DEFAULT_P2 = 4
+DEFAULT_SPLIT = "0.9"
+DIFFERENCES = ("central", "forward")
+
+
+@dataclass(frozen=True)
+class ZOSettings:
+    """What the engine needs to know about a ZO step; ``ZOConfig`` and ``FederationConfig`` both produce one."""
+
+    eps: float = DEFAULT_EPS
+    p1: int = DEFAULT_P1
+    p2: int = DEFAULT_P2
+    split: str | int | float = parse_split(DEFAULT_SPLIT)
+    perturbation: str = "gaussian"
+    difference: str = "central"
+    layers_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.eps > 0:
+            raise ValueError(f"zo_eps must be > 0 (got {self.eps})")
+        for name in ("p1", "p2"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"zo_{name} must be >= 1 (got {getattr(self, name)})")
+        if self.difference not in DIFFERENCES:
+            raise ValueError(f"zo_difference must be 'central' or 'forward' (got {self.difference!r})")
+        if self.perturbation not in PERTURBATIONS:
+            raise ValueError(f"zo_perturbation: unknown distribution {self.perturbation!r}; choose from "
+                             f"{sorted(PERTURBATIONS)}")
+        parse_split(self.split)  # raises naming zo_split
+
+
+@dataclass
+class ZOArguments:
+    """The ``--zo_*`` flags of every entry point (``HfArgumentParser`` dataclass fields)."""
+
+    zo_eps: float = field(
+        default=DEFAULT_EPS,
+        metadata={"help": "Perturbation scale ε of the two-point estimate (MeZO uses 1e-3; 1e-2 for LoRA)."},
+    )
+    zo_p1: int = field(
+        default=DEFAULT_P1,
+        metadata={"help": "P1: number of block-1 perturbations per step (each costs two block-1 forwards)."},
+    )
+    zo_p2: int = field(
+        default=DEFAULT_P2,
+        metadata={"help": "P2: block-2 perturbations evaluated on each cached block-1 activation pair (default "
+                  "from the split-placement sweep in docs/benchmarks.md)."},
+    )
+    zo_split: str = field(
+        default=DEFAULT_SPLIT,
+        metadata={
+            "help": "Where block 2 starts: a fraction of the layer stack such as '0.9' (the default, best in the "
+            "split-placement sweep of docs/benchmarks.md), a layer index such as '6', 'auto' (balance measured "
+            "block FLOPs so C1 ≈ P2·C2) or 'none' (one block, no activation caching)."
+        },
+    )
+    zo_layers_path: str | None = field(
+        default=None,
+        metadata={"help": "Dotted path of the transformer layer ModuleList (e.g. 'model.layers') when it "
+                  "cannot be found automatically."},
+    )
+    zo_perturbation: str = field(
+        default="gaussian",
+        metadata={"help": f"Distribution of the random directions: one of {sorted(PERTURBATIONS)}."},
+    )
+    zo_difference: str = field(
+        default="central",
+        metadata={"help": "'central' (L(θ+εz) − L(θ−εz)) / 2ε or one-sided 'forward' (L(θ+εz) − L(θ)) / ε."},
+    )
+
+    def __post_init__(self) -> None:
+        self.engine_settings()  # every zo_* value checked once, with flag-named errors
+
+    def engine_settings(self, **overrides: Any) -> ZOSettings:
+        """The engine's settings from the ``zo_*`` fields; ``overrides`` (same ``zo_*`` names) win."""
+        values = {f.name: getattr(self, f.name) for f in fields(ZOArguments)} | overrides
+        return ZOSettings(eps=values["zo_eps"], p1=values["zo_p1"], p2=values["zo_p2"],
+                          split=parse_split(values["zo_split"]), perturbation=values["zo_perturbation"],
+                          difference=values["zo_difference"], layers_path=values["zo_layers_path"])
+
+
+def zo_field(name: str, default: Any) -> Any:
+    """``ZOArguments``' field ``name`` with another default (same help): for an entry point whose typical
+    model wants a different value, e.g. ``zo_eps`` for adapters."""
+    (declared,) = (f for f in fields(ZOArguments) if f.name == name)
+    return field(default=default, metadata=dict(declared.metadata))

@@ -1,0 +1,68 @@
+"""The only writer of a federation's results: ``federation_results.json``, its figures and its card figures.
+
+Figures need matplotlib (the ``plots`` extra); without it the results are written and the figures skipped
+with one logged line, so a core install runs federations end to end.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hf_fedzo.federation.config import FederationConfig
+from hf_fedzo.federation.records import FederationResult
+from hf_fedzo.reporting import Curve, plot_curves, write_json
+
+RESULTS_FILE = "federation_results.json"
+METRICS = ("accuracy", "f1", "exact_match")  # the first one evaluated is plotted
+
+logger = logging.getLogger(__name__)
+
+
+def draw_curves(path: str | Path, curves: Mapping[str, Curve], **options: Any) -> Path | None:
+    """:func:`~hf_fedzo.reporting.plot_curves`, or None (and one logged line) without matplotlib."""
+    if importlib.util.find_spec("matplotlib") is None:
+        logger.warning("matplotlib is not installed (pip install 'hf-fedzo[plots]'): %s skipped", Path(path).name)
+        return None
+    return plot_curves(path, curves, **options)
+
+
+def write_results(output: Path, config: FederationConfig, result: FederationResult,
+                  info: Mapping[str, Any]) -> None:
+    """``federation_results.json`` plus the first evaluated metric vs rounds, cumulative forward FLOPs and bytes."""
+    write_json(output / RESULTS_FILE, {"config": config.to_dict(), "run": dict(info),
+                                       "final_metrics": result.final_metrics,
+                                       "rounds": [r.to_dict() for r in result.rounds]})
+    evaluated = [r for r in result.rounds if r.eval is not None]
+    metric = next((m for m in METRICS if evaluated and m in evaluated[0].eval), None)  # type: ignore[operator]
+    if metric is None:
+        return
+    cumulative_bytes, total = {}, 0
+    for r in result.rounds:
+        total += sum(r.bytes_up.values()) + sum(r.bytes_down.values())
+        cumulative_bytes[r.round] = total
+    ys = [r.eval[metric] for r in evaluated]  # type: ignore[index]
+    label = str(info.get("method", config.method))
+    axes: Sequence[tuple[str, list[Any], str]] = (
+        ("rounds", [r.round + 1 for r in evaluated], "round"),
+        ("flops", [r.cumulative_flops for r in evaluated], "cumulative forward FLOPs (all clients)"),
+        ("bytes", [cumulative_bytes[r.round] for r in evaluated], "cumulative bytes up + down"),
+    )
+    for name, xs, xlabel in axes:
+        if draw_curves(output / f"{metric}_vs_{name}.png", {label: (xs, ys)}, xlabel=xlabel, ylabel=metric,
+                       title=f"{label}: {metric}") is None:
+            return  # no matplotlib: one line said so
+
+
+def federation_figures(config: FederationConfig, result: FederationResult) -> dict[str, Any]:
+    """What a model card reports of a federated run (``hf-fedzo push`` reads it from ``federation.json``)."""
+    ups = [b for r in result.rounds for b in r.bytes_up.values()]
+    downs = [b for r in result.rounds for b in r.bytes_down.values()]
+    return {"clients": config.num_clients, "clients_per_round": config.clients_per_round,
+            "rounds": len(result.rounds), "local_steps": config.local_steps, "partition": config.partition,
+            "method": config.method, "uplink_bytes_per_client_round": sum(ups) / max(len(ups), 1),
+            "downlink_bytes_per_client_round": sum(downs) / max(len(downs), 1),
+            "forward_tflops": result.total_flops / 1e12}

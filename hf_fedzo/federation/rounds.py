@@ -1,0 +1,163 @@
+"""The one round loop of every transport, and the typed records it writes.
+
+:func:`run_rounds` owns what every federation does the same way: resume from the state file (by run
+fingerprint), the FLOP budget, sampling and drop-outs (through the server), report validation and
+aggregation, the evaluation cadence, the per-round :class:`RoundRecord`, the state file after every round
+and the results at the end. A transport supplies only an :class:`Exchange`: how one round's instructions
+reach the active clients and what comes back (the accelerate simulator, Flower and first-order FedAvg
+each have one), and how the round's aggregated log records reach its replicas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hf_fedzo.engine import WorkCounters
+from hf_fedzo.federation.config import FederationConfig
+from hf_fedzo.federation.protocol import ClientReport, LogRecord, ProtocolError, decode
+from hf_fedzo.federation.records import ClientRecord, Exchanged, FederationResult, RoundRecord
+from hf_fedzo.federation.results import write_results
+from hf_fedzo.federation.server import FederatedServer
+from hf_fedzo.reporting import write_json
+
+STATE_FILE = "federation_state.json"
+
+logger = logging.getLogger(__name__)
+
+
+class Exchange:
+    """How a transport moves one round: subclass it and implement :meth:`exchange` (and :meth:`apply` when the
+    transport holds replicas). The other hooks have working defaults."""
+
+    resumable = True  # the rounds are reproducible from the server's log (first-order FedAvg's are not)
+    is_main_process = True  # evaluates and writes files (False on the other processes of a simulation)
+    progress = False  # show a progress bar of the rounds
+
+    def exchange(self, server: FederatedServer, round_id: int, active: Sequence[int]) -> Exchanged:
+        """Send each active client its instruction (``server.instruction(k)``) and collect what comes back."""
+        raise NotImplementedError
+
+    def apply(self, records: Sequence[LogRecord], through_round: int) -> None:
+        """Bring the transport's replicas through ``through_round`` with the aggregated ``records`` (also called
+        with the whole log after a resume)."""
+
+    def start(self, server: FederatedServer) -> None:
+        """Before the first round to run (after a resume): e.g. wait for clients to connect."""
+
+    def round_done(self, record: RoundRecord) -> None:
+        """After each round is recorded and saved: log it, wait for the other processes."""
+
+
+def run_fingerprint(config: FederationConfig, run_info: Mapping[str, Any]) -> str:
+    """What a state file must match to be resumed: the config and the caller's run identity (model, data)."""
+    text = json.dumps({"config": config.to_dict(), **run_info}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def accept_reports(server: FederatedServer, clients: Sequence[ClientRecord]) -> dict[int, str]:
+    """Hand the reports to the server in client order; return the rejected ones and why.
+
+    The server checks each report; only the transport knows who sent it, so a report claiming another
+    client's id is refused here.
+    """
+    rejected: dict[int, str] = {}
+    for client in sorted(clients, key=lambda c: c.client_id):
+        if client.report is None:
+            continue
+        try:
+            claimed = decode(client.report, expect=ClientReport, max_bytes=server.max_message_bytes)
+            if claimed.client_id != client.client_id:
+                raise ProtocolError(f"client {client.client_id} sent a report for client {claimed.client_id}")
+            server.receive(client.report)
+        except ProtocolError as err:
+            rejected[client.client_id] = str(err)
+            logger.warning("report of client %d rejected: %s", client.client_id, err)
+    return rejected
+
+
+def run_rounds(server: FederatedServer, exchange: Exchange, *,
+               evaluate: Callable[[], Mapping[str, float]] | None = None, output_dir: str | Path | None = None,
+               resume: bool = True, run_info: Mapping[str, Any] | None = None,
+               on_round_end: Callable[[RoundRecord], None] | None = None) -> FederationResult:
+    """Run ``server.config.rounds`` rounds (or until its FLOP budget) over ``exchange``; return the records.
+
+    Args:
+        server: the federation's server (sampling, validation, aggregation, log).
+        exchange: the transport's round trip.
+        evaluate: ``evaluate() -> metrics`` of the global model, every ``eval_every`` rounds and after the last
+            (on the main process only).
+        output_dir: where ``federation_state.json`` (after every round) and ``federation_results.json`` go.
+        resume: continue from the state file when it exists and matches the run (config and ``run_info``).
+        run_info: the run's identity beyond the config (model, data), in the fingerprint and the results.
+        on_round_end: called with each round's record (progress, fault injection in tests).
+    """
+    config = server.config
+    info = dict(run_info or {})
+    fingerprint = run_fingerprint(config, info)
+    output = Path(output_dir) if output_dir is not None else None
+    result = FederationResult()
+    if output is not None and resume and exchange.resumable and (output / STATE_FILE).is_file():
+        saved = json.loads((output / STATE_FILE).read_text())
+        if saved["fingerprint"] != fingerprint:
+            raise ValueError(f"{output / STATE_FILE} belongs to a different run (config or data changed); "
+                             "use another output_dir or resume=False")
+        server.load_state_dict(saved["server"])
+        result.rounds = [RoundRecord.from_dict(r) for r in saved["rounds"]]
+        exchange.apply(server.log, server.completed_round)
+    exchange.start(server)
+
+    spent = result.total_flops
+    # Under a FLOP budget the number of rounds is not known in advance: count rounds without a total.
+    progress = _progress(None if config.flop_budget is not None else config.rounds, server.completed_round + 1,
+                         exchange.progress and exchange.is_main_process)
+    for round_id in range(server.completed_round + 1, config.rounds):
+        if config.budget_spent(spent):
+            break
+        started = time.perf_counter()
+        sampled, dropped = server.open_round(round_id)
+        exchanged = exchange.exchange(server, round_id, [k for k in sampled if k not in dropped])
+        rejected = accept_reports(server, exchanged.clients)
+        accepted = server.accepted_reports()
+        exchange.apply(server.finish_round(), round_id)
+
+        work = sum((c.work for c in exchanged.clients), WorkCounters())
+        spent += work.flops
+        train_loss = exchanged.train_loss
+        if train_loss is None and accepted:
+            train_loss = sum(r.loss_mean for r in accepted) / len(accepted)
+        record = RoundRecord(
+            round=round_id, sampled=sampled, dropped=dropped, rejected=rejected,
+            bytes_down={c.client_id: c.bytes_down for c in exchanged.clients},
+            bytes_up={c.client_id: c.bytes_up for c in exchanged.clients if c.bytes_up is not None},
+            work=work, cumulative_flops=spent, train_loss=train_loss, seconds=time.perf_counter() - started,
+            unreachable=exchanged.unreachable, unanswered=exchanged.unanswered, failed=exchanged.failed,
+            resynced=exchanged.resynced)
+        if evaluate is not None and exchange.is_main_process and config.evaluation_due(round_id, spent):
+            record.eval = dict(evaluate())
+        result.rounds.append(record)
+        if output is not None and exchange.is_main_process and exchange.resumable:
+            write_json(output / STATE_FILE, {"fingerprint": fingerprint, "server": server.state_dict(),
+                                             "rounds": [r.to_dict() for r in result.rounds]})
+        if on_round_end is not None:
+            on_round_end(record)
+        progress.update(1)
+        exchange.round_done(record)
+    progress.close()
+
+    evaluated = [r for r in result.rounds if r.eval is not None]
+    result.final_metrics = dict(evaluated[-1].eval) if evaluated else {}  # type: ignore[arg-type]
+    if output is not None and exchange.is_main_process:
+        write_results(output, config, result, info)
+    return result
+
+
+def _progress(total: int | None, start: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="rounds", disable=not enabled)
