@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from hf_fedzo.model_card import card_info_from_record, card_tags, render_model_card
+from hf_fedzo.trajectory.format import TRAJECTORY_NAME
 
 __all__ = ["PushError", "PushResult", "collect_metrics", "merge_adapter", "push_run", "stage_run"]
 
 logger = logging.getLogger(__name__)
 
-TRAJECTORY_NAME = "zo_trajectory.json"  # = hf_fedzo.trajectory.TRAJECTORY_NAME, without importing torch
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 # Resume-only state (optimizer/scheduler/RNG) and files the push regenerates are not published.
 _SKIP_FILES = {"README.md", "optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.json"}

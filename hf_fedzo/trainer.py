@@ -7,6 +7,8 @@ gradient accumulation, schedulers, callbacks, evaluation, checkpoints and resump
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,6 +19,11 @@ from transformers import Trainer, TrainingArguments
 
 from hf_fedzo.config import ZOConfig
 from hf_fedzo.engine import SeedScope, WorkCounters, ZOEstimate, ZOEstimator, ZOOptimizer
+from hf_fedzo.trajectory.format import TRAJECTORY_NAME
+from hf_fedzo.trajectory.record import Trajectory, current_command, save_trajectory
+from hf_fedzo.trajectory.tensors import capture_start
+
+logger = logging.getLogger(__name__)
 
 
 def _as_zo_config(args: TrainingArguments | None) -> ZOConfig:
@@ -43,10 +50,10 @@ class ZOSplitTrainer(Trainer):
     _tag_names: ClassVar[list[str]] = ["hf_fedzo", "zeroth-order", "fedspzo"]
 
     def __init__(self, model: nn.Module | None = None, args: TrainingArguments | None = None, *pargs: Any,
-                 seed_scope: SeedScope | None = None, **kwargs: Any) -> None:
+                 **kwargs: Any) -> None:
         args = _as_zo_config(args)
         super().__init__(model, args, *pargs, **kwargs)
-        self.seed_scope = seed_scope or SeedScope(args.zo_base_seed)
+        self.seed_scope = SeedScope(args.zo_base_seed)
         self.zo_estimator: ZOEstimator | None = None
         self._zo_micro_batch = 0
         self._zo_last_global_step = -1
@@ -64,8 +71,6 @@ class ZOSplitTrainer(Trainer):
             params = [p for p in target.parameters() if p.requires_grad]
             self.optimizer = ZOOptimizer(params, self.zo_estimator, lr=self.args.learning_rate,
                                          weight_decay=self.args.weight_decay)
-            from hf_fedzo.trajectory import capture_start
-
             # Before the first step; on resume, load_state_dict replaces it with the original run's start.
             self.optimizer.trajectory_start = capture_start(target)
         return self.optimizer
@@ -138,11 +143,25 @@ class ZOSplitTrainer(Trainer):
         super().log(logs, start_time)
 
     # ---------------------------------------------------------------------------------- trajectory
+    def trajectory(self, *, base_model: str | None = None, base_revision: str | None = None,
+                   command: str | None = None) -> Trajectory:
+        """The run's trajectory record (it needs one ZO step: the block plan and the update log exist)."""
+        optimizer = self.zo_optimizer
+        if optimizer.pending:
+            # Their perturbations already touched the weights but no update logged them yet.
+            logger.warning("recording a trajectory with %d estimates pending (mid gradient accumulation): the "
+                           "replay will not reproduce the current weights", len(optimizer.pending))
+        args = self.args
+        run = {"global_step": self.state.global_step, "totals": self.zo_work.to_dict(),
+               "learning_rate": args.learning_rate, "weight_decay": args.weight_decay,
+               "command": command if command is not None else current_command(),
+               "training_args": json.loads(json.dumps(args.to_dict(), default=str))}
+        return Trajectory.record(optimizer.estimator, optimizer.history, optimizer.trajectory_start, self.seed_scope,
+                                 run, base_model=base_model, base_revision=base_revision)
+
     def save_trajectory(self, path: str | os.PathLike[str] | None = None, **kwargs: Any) -> Path:
         """Write the run's trajectory checkpoint (default ``output_dir/zo_trajectory.json``); see
-        :mod:`hf_fedzo.trajectory`. ``kwargs`` go to ``Trajectory.from_trainer`` (``base_model``, ``command``…)."""
-        from hf_fedzo.trajectory import TRAJECTORY_NAME, save_trajectory
-
+        :mod:`hf_fedzo.trajectory`. ``kwargs`` go to :meth:`trajectory` (``base_model``, ``command``…)."""
         return save_trajectory(path if path is not None else Path(self.args.output_dir) / TRAJECTORY_NAME, self,
                                **kwargs)
 
@@ -150,16 +169,12 @@ class ZOSplitTrainer(Trainer):
         """Save as ``Trainer`` does, plus ``zo_trajectory.json`` once a step has run (checkpoints included)."""
         super().save_model(output_dir, _internal_call)
         if self.is_world_process_zero() and self.zo_estimator is not None and self.zo_estimator.plan is not None:
-            from hf_fedzo.trajectory import TRAJECTORY_NAME
-
             self.save_trajectory(Path(output_dir or self.args.output_dir) / TRAJECTORY_NAME)
 
     def run_record(self) -> dict[str, Any]:
         """The trajectory record as a dict, or the part of it known before the first step."""
         if self.zo_estimator is not None and self.zo_estimator.plan is not None:
-            from hf_fedzo.trajectory import Trajectory
-
-            return Trajectory.from_trainer(self).to_dict()
+            return self.trajectory().to_dict()
         from dataclasses import asdict
 
         return {
@@ -182,7 +197,6 @@ class ZOSplitTrainer(Trainer):
         if not self.is_world_process_zero():
             return
         from hf_fedzo.model_card import card_info_from_record, card_tags, render_model_card
-        from hf_fedzo.trajectory import TRAJECTORY_NAME
 
         record = self.run_record()
         metrics: dict[str, float] = {}

@@ -70,13 +70,12 @@ def apply_updates(estimator: ZOEstimator, updates: Iterable[ZOUpdate], retrace: 
 class ZOOptimizer(torch.optim.Optimizer):
     """Applies ZO estimates in ``step()``; holds no per-parameter state (memory stays at inference level)."""
 
-    def __init__(self, params: Iterable[Any], estimator: ZOEstimator, lr: float = 1e-6, weight_decay: float = 0.0,
-                 keep_history: bool = True) -> None:
+    def __init__(self, params: Iterable[Any], estimator: ZOEstimator, lr: float = 1e-6,
+                 weight_decay: float = 0.0) -> None:
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
         if len(self.param_groups) != 1:
             raise ValueError("ZOOptimizer takes one parameter group: a direction spans every trainable tensor")
         self.estimator = estimator
-        self.keep_history = keep_history
         self.pending: list[ZOEstimate] = []
         self.history: list[ZOUpdate] = []
         # What the history starts from (e.g. an adapter's random initial values): saved with the history so a
@@ -95,8 +94,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         update = ZOUpdate.from_estimates(self.pending, group["lr"], group["weight_decay"])
         self.estimator.apply_update(update.pairs(), update.lr, update.weight_decay)
         self.pending.clear()
-        if self.keep_history:
-            self.history.append(update)
+        self.history.append(update)  # the trajectory: a few scalars per step, so always kept
         return loss
 
     def zero_grad(self, set_to_none: bool = True) -> None:
