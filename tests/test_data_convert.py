@@ -13,7 +13,7 @@ pytest.importorskip("gguf")
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_fedzo.data.convert import convert_gguf_to_hf
-from hf_fedzo.data.testing import make_tiny_llama_gguf
+from tests.asset_fixtures import make_tiny_llama_gguf
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from hf_fedzo.data import (
     split_fingerprint,
 )
 from hf_fedzo.data import loaders as loaders_module
-from hf_fedzo.data.testing import make_fake_vader_sdist
+from tests.asset_fixtures import make_fake_vader_sdist
 
 ROWS = [
     {"sentence": "a moving and beautiful story", "label": 1},

@@ -15,8 +15,8 @@ from hf_fedzo.data import (
 )
 from hf_fedzo.data.assets import AssetNotFoundError as _AssetNotFoundError
 from hf_fedzo.data.assets import default_cache_dir
-from hf_fedzo.data.testing import DEFAULT_FAKE_ROWS, make_fake_vader_sdist
 from hf_fedzo.data.vader import VADER_DOMAINS, read_vader_domains
+from tests.asset_fixtures import DEFAULT_FAKE_ROWS, make_fake_vader_sdist
 
 # split_fingerprint(load_vader("movie", archive_path=<default fake sdist>)). Pinned so that any change
 # to the cleaning or split algorithm (which would silently re-split users' data) fails a test.

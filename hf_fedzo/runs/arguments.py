@@ -1,4 +1,4 @@
-"""The command line of a recipe: model and data flags as `HfArgumentParser` dataclasses, and the entry point.
+"""The command line of a recipe: model and data flags as `HfArgumentParser` dataclasses, and their parser.
 
 Training flags are not redeclared here: recipes parse `ZOConfig` itself, so every `TrainingArguments` flag
 and every `--zo_*` flag works as documented there.
@@ -6,8 +6,7 @@ and every `--zo_*` flag works as documented there.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -127,18 +126,3 @@ def recipe_parser(dataclass_types: Sequence[type], **defaults: Any) -> HfArgumen
         raise ValueError(f"recipe defaults name unknown flags: {unknown}")
     parser.set_defaults(**defaults)
     return parser
-
-
-def run_recipe(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
-    """Script entry: run `main`, turning "cannot get the model/data" errors into a one-line message and exit 2.
-
-    Those errors already say which flag to pass instead; a traceback would only bury that line.
-    """
-    from hf_fedzo.data import AssetNotFoundError, DatasetUnavailableError
-    from hf_fedzo.runs.models import ModelUnavailableError
-
-    try:
-        main(argv)
-    except (ModelUnavailableError, DatasetUnavailableError, AssetNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
