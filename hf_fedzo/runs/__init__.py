@@ -8,16 +8,20 @@ from hf_fedzo.runs.cli import DataArguments, ModelArguments, recipe_parser, run_
 from hf_fedzo.runs.data import load_splits
 from hf_fedzo.runs.history import MetricHistory
 from hf_fedzo.runs.models import ModelUnavailableError, load_model, load_tokenizer
-from hf_fedzo.runs.outputs import write_run_outputs
+from hf_fedzo.runs.outputs import comparison_table, write_run_outputs
+from hf_fedzo.runs.task import build_task, needs_model
 
 __all__ = [
     "DataArguments",
     "MetricHistory",
     "ModelArguments",
     "ModelUnavailableError",
+    "build_task",
+    "comparison_table",
     "load_model",
     "load_splits",
     "load_tokenizer",
+    "needs_model",
     "recipe_parser",
     "run_recipe",
     "write_run_outputs",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +79,35 @@ def _length(dataset: Any) -> int | None:
         return len(dataset)
     except TypeError:
         return None
+
+
+def comparison_table(summary: Mapping[str, Any]) -> str:
+    """What a federated recipe prints last: every method's held-out accuracy beside zero-shot and the majority
+    rate, with its standard error, balanced accuracy, per-class prediction rates, compute, bytes and time.
+
+    A method that gives one class to 95% or more of the held-out examples is flagged: that is a collapse, and
+    its accuracy is the class frequency, not something it learned.
+    """
+    n = summary["held_out_examples"]
+    rows = [("zero-shot", summary["zero_shot"], None), *((name, m["held_out"], m)
+                                                        for name, m in summary["methods"].items())]
+    lines = [f"held-out split: {n} examples (standard error of an accuracy near 0.85: ±{_stderr(0.85, n):.3f}); "
+             f"always answering the majority class scores {summary['majority_rate']:.4f}",
+             f"{'':<10} {'accuracy':>8} {'± SE':>6} {'balanced':>8} {'predicted classes':>17} {'rounds':>6} "
+             f"{'fwd TFLOPs':>10} {'up B/client':>11} {'down B/client':>13} {'wall s':>7}"]
+    warnings = []
+    for name, metrics, method in rows:
+        rates = [v for k, v in metrics.items() if k.startswith("prediction_rate_")]
+        extra = ("" if method is None else f" {method['rounds']:>6} {method['forward_tflops']:>10.2f} "
+                 f"{method['bytes_up_per_client_round']:>11.0f} {method['bytes_down_per_client_round']:>13.0f} "
+                 f"{method['wall_time_s']:>7.0f}")
+        lines.append(f"{name:<10} {metrics['accuracy']:>8.4f} {_stderr(metrics['accuracy'], n):>6.3f} "
+                     f"{metrics['balanced_accuracy']:>8.4f} {' / '.join(f'{r:.2f}' for r in rates):>17}{extra}")
+        if rates and max(rates) >= 0.95:
+            warnings.append(f"warning: {name} predicts class {rates.index(max(rates))} for {max(rates):.0%} of the "
+                            "examples: a collapse, not a score")
+    return "\n".join(lines + warnings)
+
+
+def _stderr(accuracy: float, n: int) -> float:
+    return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / max(n, 1))
