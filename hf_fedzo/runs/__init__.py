@@ -9,7 +9,7 @@ from hf_fedzo.runs.data import load_splits
 from hf_fedzo.runs.history import MetricHistory
 from hf_fedzo.runs.models import ModelUnavailableError, load_model, load_tokenizer
 from hf_fedzo.runs.outputs import comparison_table, write_run_outputs
-from hf_fedzo.runs.task import build_task, needs_model
+from hf_fedzo.runs.task import build_task
 
 __all__ = [
     "DataArguments",
@@ -21,7 +21,6 @@ __all__ = [
     "load_model",
     "load_splits",
     "load_tokenizer",
-    "needs_model",
     "recipe_parser",
     "run_recipe",
     "write_run_outputs",

@@ -12,6 +12,7 @@ from transformers import Trainer
 
 from hf_fedzo.reporting import plot_curves, write_json
 from hf_fedzo.runs.history import MetricHistory
+from hf_fedzo.tasks import PromptSelection, save_task
 from hf_fedzo.trainer import ZOSplitTrainer
 
 METRICS_FILE = "metrics.json"
@@ -22,7 +23,8 @@ _TRAINING_KEYS = ("learning_rate", "lr_scheduler_type", "weight_decay", "max_ste
 
 
 def write_run_outputs(trainer: Trainer, history: MetricHistory, *, recipe: str, metric: str, wall_time_s: float,
-                      arguments: tuple[Any, ...] = ()) -> dict[str, Any]:
+                      arguments: tuple[Any, ...] = (), task: Any = None,
+                      prompt_selection: PromptSelection | None = None) -> dict[str, Any]:
     """Summarize the run, and on the main process write it as JSON plus a metric-vs-FLOPs plot.
 
     Args:
@@ -32,6 +34,8 @@ def write_run_outputs(trainer: Trainer, history: MetricHistory, *, recipe: str, 
         metric: the plotted metric without `eval_` prefix (`accuracy`, `f1`).
         wall_time_s: wall time of the whole run, loading and evaluations included.
         arguments: the recipe's argument dataclasses (besides the training arguments), recorded as given.
+        task: the task trained on; its alignment is saved as `task.json` beside the weights (see
+            `hf_fedzo.tasks.load_task`), with `prompt_selection` when --prompt auto chose it.
 
     Returns:
         The summary written to `metrics.json` (returned on every process).
@@ -67,6 +71,8 @@ def write_run_outputs(trainer: Trainer, history: MetricHistory, *, recipe: str, 
     if trainer.is_world_process_zero():
         output_dir = Path(args.output_dir)
         write_json(output_dir / METRICS_FILE, summary)
+        if task is not None:
+            save_task(task, output_dir, prompt_selection.as_dict() if prompt_selection else None)
         xlabel = "cumulative forward FLOPs" if zero_order else "cumulative training FLOPs (estimate)"
         label = "zeroth-order" if zero_order else "first-order (Trainer)"
         plot_curves(output_dir / f"{metric}_vs_flops.png", {label: history.curve(key)}, xlabel=xlabel,

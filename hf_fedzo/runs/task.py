@@ -21,26 +21,27 @@ from hf_fedzo.tasks import (
 logger = logging.getLogger(__name__)
 
 
-def needs_model(data_args: DataArguments) -> bool:
-    """Whether the task can only be built once the model is loaded (--prompt auto scores candidates with it)."""
-    return data_args.prompt == "auto"
-
-
 def build_task(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase, model_kind: str, *,
-               model: Any = None, validation: Any = None,
-               batch_size: int = 32) -> tuple[LabelWordTask | GenerationTask, PromptSelection | None]:
+               model: Any = None, validation: Any = None, split: str | None = None,
+               batch_size: int = 32,
+               **task_options: Any) -> tuple[LabelWordTask | GenerationTask, PromptSelection | None]:
     """The task a recipe trains, and the prompt-selection table when --prompt auto chose it.
 
-    --prompt auto needs `model` (as it starts fine-tuning) and the `validation` rows; the selection never sees
-    the test split.
+    --prompt auto needs `model` (as it starts fine-tuning) and labeled rows to score the candidates on
+    (`validation`, named `split`): pass a split that the reported results are not measured on. The test
+    split is refused. `task_options` go to the task constructor besides the --max_length / --columns flags.
     """
+    options = data_args.task_kwargs | task_options
     preset = get_preset(data_args.task)
     if data_args.prompt == "auto":
+        if preset.label_words is None:
+            raise ValueError(f"--prompt auto: --task {data_args.task} generates free text; selection scores label "
+                             "words, so pass a literal --prompt or keep the preset's")
         if model is None or validation is None:
             raise ValueError("--prompt auto: the model and the validation split are needed to score the candidates")
         task, selection = select_prompt(model, tokenizer, validation, data_args.task, model_kind=model_kind,
-                                             num_examples=data_args.prompt_examples, batch_size=batch_size,
-                                             **data_args.task_kwargs)
+                                        num_examples=data_args.prompt_examples, batch_size=batch_size, split=split,
+                                        **options)
         logger.info("prompt selection:\n%s", selection.table())
         return task, selection
     overrides: dict[str, Any] = {}
@@ -50,5 +51,5 @@ def build_task(data_args: DataArguments, tokenizer: PreTrainedTokenizerBase, mod
         if preset.label_words is None:
             raise ValueError(f"--label_words: --task {data_args.task} generates free text and has no label words")
         overrides["label_words"] = tuple(data_args.label_words)
-    task = load_task(data_args.task, tokenizer, model_kind=model_kind, **data_args.task_kwargs, **overrides)
+    task = load_task(data_args.task, tokenizer, model_kind=model_kind, **options, **overrides)
     return task, None
