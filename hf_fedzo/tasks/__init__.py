@@ -22,16 +22,7 @@ from transformers import PreTrainedTokenizerBase
 
 from hf_fedzo.tasks.alignment import TASK_FILE, TaskFileError, TaskSpec, save_task
 from hf_fedzo.tasks.base import IGNORE_INDEX, ModelKind, infer_model_kind
-from hf_fedzo.tasks.classification import (
-    SCORERS,
-    CausalLMScorer,
-    LabelWordScorer,
-    LabelWordTask,
-    MaskedLMScorer,
-    classification_metrics,
-    label_word_ids,
-    majority_rate,
-)
+from hf_fedzo.tasks.classification import LabelWordTask, classification_metrics, majority_rate
 from hf_fedzo.tasks.collator import (
     CausalGenerationCollator,
     CausalLabelWordCollator,
@@ -39,6 +30,7 @@ from hf_fedzo.tasks.collator import (
     pad_sequences,
 )
 from hf_fedzo.tasks.generation import GenerationTask, gold_answers
+from hf_fedzo.tasks.scorers import SCORERS, CausalLMScorer, LabelWordScorer, MaskedLMScorer, label_word_ids
 from hf_fedzo.tasks.selection import (
     PromptCandidate,
     PromptSelection,
