@@ -348,3 +348,57 @@ def test_fedavg_baseline_moves_only_adapters_and_uploads_tensors(tmp_path: Path)
         assert len(record.dropped) == 1 and record.flops > 0
         assert all(b > adapter_bytes for b in record.bytes_up.values())
     assert (tmp_path / "accuracy_vs_bytes.png").is_file() == (importlib.util.find_spec("matplotlib") is not None)
+
+
+# ------------------------------------------------------------------------------------ zo_layers_path
+class _Block(torch.nn.Module):
+    """A residual block that is no ``GradientCheckpointingLayer``: its stack cannot be found automatically."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.mix = torch.nn.Linear(width, width)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden + torch.tanh(self.mix(hidden))
+
+
+class _PlainStack(torch.nn.Module):
+    def __init__(self, vocab: int = 64, width: int = 16, depth: int = 4) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, width)
+        self.blocks = torch.nn.ModuleList(_Block(width) for _ in range(depth))
+        self.head = torch.nn.Linear(width, vocab)
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        hidden = self.embed(input_ids)
+        for block in self.blocks:
+            hidden = block(hidden)
+        return torch.nn.functional.cross_entropy(self.head(hidden).flatten(0, 1), labels.flatten())
+
+
+def _plain_loss(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    return model(batch["input_ids"] % 64, batch["labels"] % 64)
+
+
+def test_a_model_that_needs_zo_layers_path_can_be_federated(tmp_path: Path) -> None:
+    from hf_fedzo.engine import UnsupportedModelError
+
+    cfg = config(rounds=2, zo_split="2", zo_layers_path="blocks")
+    assert cfg.round_settings().zo.layers_path == "blocks"
+    with pytest.raises(UnsupportedModelError, match="zo_layers_path"):
+        simulate_federation(_PlainStack(), _plain_loss, client_data(), config(rounds=2, zo_split="2"))
+
+    torch.manual_seed(0)
+    model = _PlainStack()
+    start = [p.detach().clone() for p in model.parameters()]
+    result = simulate_federation(model, _plain_loss, client_data(), cfg, output_dir=tmp_path)
+    assert [r.round for r in result.rounds] == [0, 1] and all(r.work.forwards_block1 > 0 for r in result.rounds)
+    assert any(not torch.equal(a, b) for a, b in zip(start, model.parameters(), strict=True))
+    # A fresh party replaying the saved log with the round settings it is sent reaches the same weights.
+    server = FederatedServer(cfg)
+    server.load_state_dict(json.loads((tmp_path / "federation_state.json").read_text())["server"])
+    torch.manual_seed(0)
+    replica = ZOClient(_PlainStack(), _plain_loss)
+    probe = client_data()[0].round_batches(cfg.seed, 0, 0, 1, cfg.batch_size)[0]
+    replica.replay(server.log, server.completed_round, server.settings, probe)
+    assert all(torch.equal(a, b) for a, b in zip(replica.model.parameters(), model.parameters(), strict=True))

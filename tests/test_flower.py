@@ -254,7 +254,10 @@ def test_run_config_maps_onto_the_federation_config() -> None:
                                     "learning-rate": 1, "flop-budget": 0, "per-client-seeds": True,
                                     "model-path": "x"}, app_keys=["model-path"])
     assert (cfg.num_clients, cfg.zo_p2, cfg.zo_split, cfg.learning_rate, cfg.flop_budget) == (5, 3, "2", 1.0, None)
-    assert cfg.per_client_seeds is True
+    assert cfg.per_client_seeds is True and cfg.zo_layers_path is None
+    # TOML has no null: an empty string means "find the layer stack automatically".
+    assert flower.federation_config({"zo-layers-path": ""}).zo_layers_path is None
+    assert flower.federation_config({"zo-layers-path": "model.layers"}).round_settings().zo.layers_path == "model.layers"
     with pytest.raises(ValueError, match="unknown keys \\['rouns'\\]"):
         flower.federation_config({"rouns": 3})
 
