@@ -17,6 +17,7 @@ from hf_fedzo.data import (
     split_fingerprint,
 )
 from hf_fedzo.data import loaders as loaders_module
+from hf_fedzo.registry import Registry
 from tests.asset_fixtures import make_fake_vader_sdist
 
 ROWS = [
@@ -164,8 +165,8 @@ def test_vader_names_dispatch_with_kwargs(tmp_path: Path) -> None:
 
 
 def test_custom_source_registration(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loaders_module, "DATASET_SOURCES", dict(loaders_module.DATASET_SOURCES))
-    monkeypatch.setattr(loaders_module, "_ALIASES", dict(loaders_module._ALIASES))
+    monkeypatch.setattr(loaders_module, "DATASET_SOURCES", Registry("dataset", loaders_module.DATASET_SOURCES))
+    monkeypatch.setattr(loaders_module, "DATASET_ALIASES", Registry("dataset alias", loaders_module.DATASET_ALIASES))
 
     @register_dataset("toy/sentiment", description="toy", aliases=("toy",))
     def _toy(n: int = 2) -> datasets.DatasetDict:

@@ -257,7 +257,8 @@ def test_run_config_maps_onto_the_federation_config() -> None:
     assert cfg.per_client_seeds is True and cfg.zo_layers_path is None
     # TOML has no null: an empty string means "find the layer stack automatically".
     assert flower.federation_config({"zo-layers-path": ""}).zo_layers_path is None
-    assert flower.federation_config({"zo-layers-path": "model.layers"}).round_settings().zo.layers_path == "model.layers"
+    layers = flower.federation_config({"zo-layers-path": "model.layers"}).round_settings().zo.layers_path
+    assert layers == "model.layers"
     with pytest.raises(ValueError, match="unknown keys \\['rouns'\\]"):
         flower.federation_config({"rouns": 3})
 

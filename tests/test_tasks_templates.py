@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from hf_fedzo.registry import Registry
 from hf_fedzo.tasks import (
     LabelWordTask,
     PromptTemplate,
@@ -67,7 +68,7 @@ def test_presets_registered_with_standard_wording():
 
 
 def test_user_preset_registration(monkeypatch, bpe):
-    monkeypatch.setattr(templates, "_PRESETS", dict(templates._PRESETS))
+    monkeypatch.setattr(templates, "PRESETS", Registry("preset", templates.PRESETS))
     preset = TaskPreset(
         "review", PromptTemplate("review: {text} verdict:{label}"), (" terrible", " great"), "stars"
     )

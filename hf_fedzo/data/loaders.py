@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hf_fedzo.data.vader import VADER_DOMAINS, load_vader
+from hf_fedzo.registry import Registry
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -66,23 +67,27 @@ class DatasetSource:
     aliases: tuple[str, ...] = ()
 
 
-DATASET_SOURCES: dict[str, DatasetSource] = {}
-_ALIASES: dict[str, str] = {}
+DATASET_SOURCES: Registry[DatasetSource] = Registry("dataset")
+DATASET_ALIASES: Registry[str] = Registry("dataset alias")  # alias -> registered name
 
 
 def register_dataset(
-    name: str, *, description: str, aliases: tuple[str, ...] = ()
+    name: str, *, description: str, aliases: tuple[str, ...] = (), overwrite: bool = False
 ) -> Callable[[DatasetLoader], DatasetLoader]:
-    """Decorator adding ``loader`` to the registry under ``name`` (and ``aliases``), lower-cased."""
+    """Decorator adding ``loader`` to the registry under ``name`` (and ``aliases``), lower-cased.
+
+    A name or alias already taken (as either) is refused unless ``overwrite=True``.
+    """
 
     def decorator(loader: DatasetLoader) -> DatasetLoader:
         key = name.lower()
-        taken = [k for k in (key, *aliases) if k.lower() in DATASET_SOURCES or k.lower() in _ALIASES]
-        if taken:
-            raise ValueError(f"Dataset name(s) {taken} are already registered.")
-        DATASET_SOURCES[key] = DatasetSource(key, loader, description, tuple(a.lower() for a in aliases))
-        for alias in aliases:
-            _ALIASES[alias.lower()] = key
+        keys = [key, *(a.lower() for a in aliases)]
+        taken = [k for k in keys if k in DATASET_SOURCES or k in DATASET_ALIASES]
+        if taken and not overwrite:
+            raise ValueError(f"Dataset name(s) {taken} are already registered; pass overwrite=True to replace them")
+        DATASET_SOURCES.register(key, DatasetSource(key, loader, description, tuple(keys[1:])), overwrite=overwrite)
+        for alias in keys[1:]:
+            DATASET_ALIASES.register(alias, key, overwrite=overwrite)
         return loader
 
     return decorator
@@ -96,10 +101,10 @@ def available_datasets() -> list[str]:
 def resolve_dataset_name(name: str) -> str:
     """Canonical registry key for ``name`` or an alias; ``ValueError`` with close matches otherwise."""
     key = name.strip().lower()
-    key = _ALIASES.get(key, key)
+    key = DATASET_ALIASES.get(key, key)
     if key in DATASET_SOURCES:
         return key
-    candidates = [*DATASET_SOURCES, *_ALIASES]
+    candidates = [*DATASET_SOURCES, *DATASET_ALIASES]
     close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.6)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise ValueError(

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from hf_fedzo.registry import Registry
 from hf_fedzo.tasks.classification import LabelWordTask, classification_metrics
 from hf_fedzo.tasks.templates import LABEL_SLOT, PromptTemplate, get_preset
 
@@ -39,14 +40,12 @@ class PromptCandidate:
     chat: bool = False
 
 
-_CANDIDATES: dict[str, list[PromptCandidate]] = {}
+PROMPT_CANDIDATES: Registry[list[PromptCandidate]] = Registry("prompt candidates")
 
 
 def register_prompt_candidates(task: str, candidates: Sequence[PromptCandidate], *, overwrite: bool = False) -> None:
     """Add the candidates `--prompt auto` tries for the preset `task` (the preset's own prompt always competes)."""
-    if task in _CANDIDATES and not overwrite:
-        raise ValueError(f"prompt candidates for {task!r} are already registered; pass `overwrite=True` to replace")
-    _CANDIDATES[task] = list(candidates)
+    PROMPT_CANDIDATES.register(task, list(candidates), overwrite=overwrite)
 
 
 def chat_wrapped(template: str, tokenizer: PreTrainedTokenizerBase, answer_prefix: str = "") -> str:
@@ -68,7 +67,7 @@ def prompt_candidates(task: str, tokenizer: PreTrainedTokenizerBase | None = Non
     if preset.label_words is None:
         raise ValueError(f"task {task!r} is a generation task: prompt selection scores label words")
     own = PromptCandidate(f"{task} preset", preset.template.text, preset.label_words)
-    plain = [own, *(c for c in _CANDIDATES.get(task, []) if (c.template, c.label_words) != (own.template,
+    plain = [own, *(c for c in PROMPT_CANDIDATES.get(task, []) if (c.template, c.label_words) != (own.template,
                                                                                              own.label_words))]
     chat = []
     if tokenizer is not None and getattr(tokenizer, "chat_template", None):

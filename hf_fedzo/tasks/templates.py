@@ -28,6 +28,8 @@ from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
+from hf_fedzo.registry import Registry
+
 LABEL_SLOT = "label"
 """Name of the template slot filled by the label word, the mask token or the answer."""
 
@@ -241,26 +243,22 @@ class TaskPreset:
         return "generation" if self.label_words is None else "label_words"
 
 
-_PRESETS: dict[str, TaskPreset] = {}
+PRESETS: Registry[TaskPreset] = Registry("preset")
 
 
 def register_preset(preset: TaskPreset, *, overwrite: bool = False) -> TaskPreset:
     """Add a preset to the registry so `load_task(preset.name, ...)` and `*.from_preset` find it."""
-    if preset.name in _PRESETS and not overwrite:
-        raise ValueError(f"preset {preset.name!r} is already registered; pass `overwrite=True` to replace it")
-    _PRESETS[preset.name] = preset
-    return preset
+    return PRESETS.register(preset.name, preset, overwrite=overwrite)
 
 
 def get_preset(name: str) -> TaskPreset:
-    try:
-        return _PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown task preset {name!r}; available: {', '.join(list_presets())}") from None
+    if name not in PRESETS:
+        raise ValueError(f"unknown task preset {name!r}; available: {', '.join(list_presets())}")
+    return PRESETS[name]
 
 
 def list_presets() -> tuple[str, ...]:
-    return tuple(sorted(_PRESETS))
+    return tuple(sorted(PRESETS))
 
 
 # Presets: our own wording of the standard prompt forms (MeZO/LM-BFF style). Label ids follow the
