@@ -1,4 +1,8 @@
-"""hf_fedzo: federated zeroth-order fine-tuning (FedSPZO) for transformers, PEFT and accelerate."""
+"""hf_fedzo: federated zeroth-order fine-tuning (FedSPZO) for transformers, PEFT and accelerate.
+
+Federated: ``simulate_federation(model, batch_loss, clients, FederationConfig(...))`` (clients from
+``task_clients``); central: ``ZOSplitTrainer(model, ZOConfig(...), ...)``. See docs/architecture.md.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,17 @@ __version__ = "0.1.0.dev0"
 
 # Imported lazily so `hf-fedzo --help` and `python -m hf_fedzo` start without loading torch.
 _EXPORTS = {
+    "FederatedServer": "hf_fedzo.federation",
+    "FederationConfig": "hf_fedzo.federation",
+    "FederationResult": "hf_fedzo.federation",
+    "RoundRecord": "hf_fedzo.federation",
+    "ZOClient": "hf_fedzo.federation",
+    "run_rounds": "hf_fedzo.federation",
+    "simulate_fedavg": "hf_fedzo.federation",
+    "simulate_federation": "hf_fedzo.federation",
+    "task_batch_loss": "hf_fedzo.federation",
+    "task_clients": "hf_fedzo.federation",
+    "ZOArguments": "hf_fedzo.engine",
     "ZOConfig": "hf_fedzo.config",
     "ZOSplitTrainer": "hf_fedzo.trainer",
     "SeedScope": "hf_fedzo.engine",
@@ -23,7 +38,13 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "FederatedServer",
+    "FederationConfig",
+    "FederationResult",
+    "RoundRecord",
     "SeedScope",
+    "ZOArguments",
+    "ZOClient",
     "ZOConfig",
     "ZOEstimator",
     "ZOOptimizer",
@@ -33,12 +54,29 @@ __all__ = [
     "from_trajectory",
     "load_trajectory",
     "push_run",
+    "run_rounds",
     "save_trajectory",
+    "simulate_fedavg",
+    "simulate_federation",
+    "task_batch_loss",
+    "task_clients",
 ]
 
 if TYPE_CHECKING:
     from hf_fedzo.config import ZOConfig
-    from hf_fedzo.engine import SeedScope, ZOEstimator, ZOOptimizer, ZOSettings, ZOUpdate
+    from hf_fedzo.engine import SeedScope, ZOArguments, ZOEstimator, ZOOptimizer, ZOSettings, ZOUpdate
+    from hf_fedzo.federation import (
+        FederatedServer,
+        FederationConfig,
+        FederationResult,
+        RoundRecord,
+        ZOClient,
+        run_rounds,
+        simulate_fedavg,
+        simulate_federation,
+        task_batch_loss,
+        task_clients,
+    )
     from hf_fedzo.hub import push_run
     from hf_fedzo.trainer import ZOSplitTrainer
     from hf_fedzo.trajectory import from_trajectory, load_trajectory, save_trajectory
