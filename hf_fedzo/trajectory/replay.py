@@ -61,27 +61,28 @@ def from_trajectory(model_or_path: nn.Module | str | os.PathLike[str] | None,
         if trajectory.initial_adapter is not None:
             for p in params:
                 p.tensor.copy_(decode_tensor(trajectory.initial_adapter[p.name]))
-    if verify and trajectory.initial_fingerprint is not None:
-        start = fingerprint((p.name, p.tensor) for p in params)
-        if start != trajectory.initial_fingerprint:
-            raise TrajectoryMismatchError(
-                "the trainable tensors do not start where the run started: load the recorded base model "
-                f"({trajectory.base_model!r} at revision {trajectory.base_revision!r}, dtype {trajectory.model_dtype})"
-            )
+    if verify:
+        _check_fingerprint(params, trajectory.initial_fingerprint,
+                           "the trainable tensors do not start where the run started: load the recorded base model "
+                           f"({trajectory.base_model!r} at revision {trajectory.base_revision!r}, dtype "
+                           f"{trajectory.model_dtype})")
 
     estimator = ZOEstimator(model, ZOSettings(**trajectory.settings))
     estimator.plan = _plan_from_dict(trajectory.plan, params)
     with torch.no_grad():
         apply_updates(estimator, trajectory.updates, retrace=True)
-    if verify and trajectory.final_fingerprint is not None:
-        final = fingerprint((p.name, p.tensor) for p in params)
-        if final != trajectory.final_fingerprint:
-            raise TrajectoryMismatchError(
-                "the replay did not reproduce the trained weights: it must run on the same device type "
-                f"({trajectory.device_type}) and torch random streams as the run (versions recorded: "
-                f"{trajectory.versions}; here torch {torch.__version__})"
-            )
+    if verify:
+        _check_fingerprint(params, trajectory.final_fingerprint,
+                           "the replay did not reproduce the trained weights: it must run on the same device type "
+                           f"({trajectory.device_type}) and torch random streams as the run (versions recorded: "
+                           f"{trajectory.versions}; here torch {torch.__version__})")
     return model
+
+
+def _check_fingerprint(params: Sequence[IndexedParameter], recorded: str | None, mismatch: str) -> None:
+    """Raise ``TrajectoryMismatchError(mismatch)`` unless the tensors hash to ``recorded`` (None: not recorded)."""
+    if recorded is not None and fingerprint((p.name, p.tensor) for p in params) != recorded:
+        raise TrajectoryMismatchError(mismatch)
 
 
 def _check_environment(trajectory: Trajectory) -> None:

@@ -97,14 +97,6 @@ def _save_client(replica: _Replica, context: Context, client_id: int) -> None:
     replica.holds = (client_id, held)
 
 
-def _payload(message: Message) -> bytes:
-    record = message.content.get(RECORD) if message.has_content() else None
-    data = record.get(MESSAGE) if isinstance(record, ConfigRecord) else None
-    if not isinstance(data, bytes):
-        raise ProtocolError(f"the message carries no '{RECORD}' ConfigRecord with '{MESSAGE}' bytes")
-    return data
-
-
 def _query(message: Message, context: Context) -> Message:
     client_id, num_clients = client_id_of(context)
     return Message(RecordDict({RECORD: ConfigRecord({"partition-id": client_id, "num-partitions": num_clients,
