@@ -137,3 +137,34 @@ def test_no_private_names_across_modules():
                  for m in MODULES for target, names, line in imports_of(m)
                  for name in names if target != m and name.startswith("_") and not name.startswith("__")]
     assert not offenders, "\n".join(offenders)
+
+
+# What each layer may import (besides itself); docs/architecture.md explains the layers.
+ALLOWED = {
+    "hf_fedzo.registry": set(),
+    "hf_fedzo.reporting": set(),
+    "hf_fedzo.engine": {"hf_fedzo.registry"},
+    "hf_fedzo.federation": {"hf_fedzo.engine", "hf_fedzo.registry", "hf_fedzo.reporting"},
+    "hf_fedzo.integrations": {"hf_fedzo.engine", "hf_fedzo.federation"},
+    "hf_fedzo.trajectory": {"hf_fedzo", "hf_fedzo.engine", "hf_fedzo.reporting"},
+    "hf_fedzo.config": {"hf_fedzo.engine"},
+    "hf_fedzo.trainer": {"hf_fedzo.config", "hf_fedzo.engine", "hf_fedzo.trajectory", "hf_fedzo.model_card"},
+}
+
+
+def layer_of(module: str) -> str | None:
+    return next((layer for layer in sorted(ALLOWED, key=len, reverse=True)
+                 if module == layer or module.startswith(layer + ".")), None)
+
+
+def test_layers_point_one_way():
+    wrong = []
+    for module, targets in import_graph().items():
+        layer = layer_of(module)
+        if layer is None:
+            continue
+        for target in targets:
+            other = layer_of(target) or target
+            if other != layer and other not in ALLOWED[layer] and target not in ALLOWED[layer]:
+                wrong.append(f"{module} imports {target}")
+    assert not wrong, "\n".join(wrong)
