@@ -40,8 +40,9 @@ class FederationConfig(ZOArguments):
     has another default here, 1e-2, because federated runs fine-tune adapters (LoRA wants the larger ε).
     """
 
+    # No argparse "choices": a method registered after import must be accepted; __post_init__ checks the name.
     method: str = field(default="fedspzo", metadata={
-        "help": "; ".join(f"{name}: {m.description}" for name, m in METHODS.items()), "choices": sorted(METHODS)})
+        "help": "; ".join(f"{name}: {m.description}" for name, m in METHODS.items())})
     num_clients: int = field(default=8, metadata={"help": "clients in the federation"})
     clients_per_round: int = field(default=4, metadata={"help": "clients sampled each round (seeded)"})
     rounds: int = field(default=20, metadata={"help": "federated rounds"})
