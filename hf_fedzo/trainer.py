@@ -70,7 +70,7 @@ class ZOSplitTrainer(Trainer):
             self.zo_estimator = ZOEstimator(target, self.args.zo_settings)
             params = [p for p in target.parameters() if p.requires_grad]
             self.optimizer = ZOOptimizer(params, self.zo_estimator, lr=self.args.learning_rate,
-                                         weight_decay=self.args.weight_decay)
+                                         weight_decay=self.args.weight_decay, clip_factor=self.args.zo_clip)
             # Before the first step; on resume, load_state_dict replaces it with the original run's start.
             self.optimizer.trajectory_start = capture_start(target)
         return self.optimizer
@@ -140,6 +140,8 @@ class ZOSplitTrainer(Trainer):
                     logs["zo/nonfinite_scalars"] = nonfinite
                 self._zo_window.clear()
             logs.update({f"zo/{k}": float(v) for k, v in self.zo_work.to_dict().items()})
+            if self.args.zo_clip:
+                logs["zo/clipped_scalars"] = float(self.zo_optimizer.clipped_scalars)
         super().log(logs, start_time)
 
     # ---------------------------------------------------------------------------------- trajectory

@@ -155,14 +155,17 @@ def test_majority_rate() -> None:
 
 
 def test_pushed_adapter_carries_its_task(fake_hub, bpe, model, tmp_path: Path) -> None:
-    from huggingface_hub import HfApi
+    from hf_fedzo.hub import push_run
 
-    task = LabelWordTask(tokenizer=bpe, template=PromptTemplate("{sentence} It was{label}"),
-                         label_words=(" terrible", " great"))
-    save_task(task, tmp_path)
-    api = HfApi(token=TOKEN)
-    api.create_repo("user/tiny-task")
-    api.upload_folder(folder_path=str(tmp_path), repo_id="user/tiny-task")
-    spec = load_task("user/tiny-task")
-    assert spec == TaskSpec.from_task(task)
+    llama().save_pretrained(tmp_path)  # a run folder: weights and the task they were trained with
+    task = LabelWordTask(tokenizer=bpe, template=PromptTemplate("Review: {sentence}\nSentiment:{label}"),
+                         label_words=(" bad", " good"), score_bias=(0.5, -0.5))
+    save_task(task, tmp_path, selection={"metric": "balanced_accuracy", "split": "validation", "examples": 9})
+    push_run(tmp_path, "user/tiny-task", token=TOKEN)
+    spec = load_task("user/tiny-task")  # downloaded through the fake Hub
+    assert spec == TaskSpec.from_task(task, {"metric": "balanced_accuracy", "split": "validation", "examples": 9})
+    card = fake_hub.files("user/tiny-task")["README.md"].decode()
+    assert "`Review: {sentence}\\nSentiment:{label}`" in card and "` bad` / ` good`" in card
+    assert "contextual calibration" in card and 'load_task("user/tiny-task")' in card
+    assert "chosen zero-shot on 9 validation examples by balanced accuracy" in card
     assert json.loads((tmp_path / "task.json").read_text())["format_version"] == 1

@@ -17,9 +17,11 @@ from hf_fedzo.engine.split import (
     trainable_parameters,
     trainable_tensors,
 )
+from hf_fedzo.engine.stability import DEFAULT_WINDOW, clip_scalars, clip_threshold, recent_scalars
 from hf_fedzo.engine.work import WorkCounters
 
 __all__ = [
+    "DEFAULT_WINDOW",
     "PERTURBATIONS",
     "DirectionApplier",
     "IndexedParameter",
@@ -34,9 +36,12 @@ __all__ = [
     "ZOSettings",
     "ZOUpdate",
     "apply_updates",
+    "clip_scalars",
+    "clip_threshold",
     "direction_seed",
     "find_layer_stack",
     "mix_seed",
+    "recent_scalars",
     "register_perturbation",
     "trainable_parameters",
     "trainable_tensors",

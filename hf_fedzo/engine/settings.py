@@ -10,6 +10,7 @@ with LoRA, a starting point to tune, not a law); ε=1e-3 is MeZO's (LoRA runs wa
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -87,8 +88,19 @@ class ZOArguments:
         default="central",
         metadata={"help": "'central' (L(θ+εz) − L(θ−εz)) / 2ε or one-sided 'forward' (L(θ+εz) − L(θ)) / ε."},
     )
+    # Step control, not part of the estimate: the trainer's optimizer clips before applying, a federation's
+    # server before a scalar enters the log (hf_fedzo.engine.stability).
+    zo_clip: float = field(
+        default=0.0,
+        metadata={"help": "Clip each projected gradient to ± zo_clip × the RMS of the last 64 applied ones (e.g. 3; "
+                  "0: off): in the trainer before a step is applied, in a federation on the server before an "
+                  "aggregated scalar enters the log. Cuts the rare outlier steps that collapse a model; see "
+                  "docs/benchmarks.md."},
+    )
 
     def __post_init__(self) -> None:
+        if not (self.zo_clip >= 0 and math.isfinite(self.zo_clip)):
+            raise ValueError(f"zo_clip must be a finite number >= 0 (got {self.zo_clip})")
         self.engine_settings()  # every zo_* value checked once, with flag-named errors
 
     def engine_settings(self, **overrides: Any) -> ZOSettings:

@@ -67,6 +67,7 @@ class FederationConfig(ZOArguments):
     fedavg_lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of method=fedavg clients"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # the zo_* fields
         METHODS.check(self.method)
         for name in ("num_clients", "clients_per_round", "rounds"):
             if getattr(self, name) < 1:
