@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
@@ -103,6 +104,23 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def collator_options(task: Any) -> dict[str, Any]:
+    """The padding and forward options every task's collator takes from the task's fields of the same names."""
+    return {name: getattr(task, name) for name in ("pad_to_multiple_of", "logits_to_keep", "position_ids")}
+
+
+@contextmanager
+def evaluating(model: torch.nn.Module) -> Iterator[torch.device]:
+    """Eval mode and ``inference_mode`` for the block, training mode restored after; yields the model's device."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield model_device(model)
+    finally:
+        model.train(was_training)
+
+
 class InferenceMixin:
     """Batched, gradient-free forwards over raw or preprocessed examples (zero-shot scoring, evaluation)."""
 
@@ -115,19 +133,13 @@ class InferenceMixin:
         self, model: PreTrainedModel | torch.nn.Module, data: Iterable[Mapping[str, Any]], batch_size: int
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield `(logits, labels)` per batch under `inference_mode`, in eval mode (restored after)."""
-        device = model_device(model)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                for rows in chunks(data, batch_size):
-                    features = [row if "input_ids" in row else self.preprocess(row) for row in rows]
-                    batch = self.collator(features)
-                    labels = batch.pop("labels")
-                    outputs = model(**to_device(batch, device))
-                    yield logits_from(outputs), labels.to(device)
-        finally:
-            model.train(was_training)
+        with evaluating(model) as device:
+            for rows in chunks(data, batch_size):
+                features = [row if "input_ids" in row else self.preprocess(row) for row in rows]
+                batch = self.collator(features)
+                labels = batch.pop("labels")
+                outputs = model(**to_device(batch, device))
+                yield logits_from(outputs), labels.to(device)
 
 
 def infer_model_kind(model: torch.nn.Module) -> ModelKind:

@@ -29,6 +29,7 @@ from hf_fedzo.tasks.base import (
     ModelKind,
     cached_metric,
     check_columns,
+    collator_options,
     logits_from,
     pad_token_id_of,
     read_column,
@@ -145,12 +146,7 @@ class LabelWordTask(InferenceMixin):
         self._budget = self.max_length - len(prefix) - len(self._suffix_special) - self.scorer.slot_tokens
         if self._budget <= 0:
             raise ValueError(f"`max_length`={self.max_length} leaves no room for the prompt")
-        self.collator = self.scorer.collator(
-            pad_token_id_of(self.tokenizer),
-            pad_to_multiple_of=self.pad_to_multiple_of,
-            logits_to_keep=self.logits_to_keep,
-            position_ids=self.position_ids,
-        )
+        self.collator = self.scorer.collator(pad_token_id_of(self.tokenizer), **collator_options(self))
 
     @classmethod
     def from_preset(

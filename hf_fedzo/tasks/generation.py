@@ -23,8 +23,9 @@ from hf_fedzo.tasks.base import (
     cached_metric,
     check_columns,
     chunks,
+    collator_options,
+    evaluating,
     logits_from,
-    model_device,
     pad_token_id_of,
     read_column,
     reduce_loss,
@@ -106,12 +107,7 @@ class GenerationTask:
         self.columns = check_columns(self.columns, (*self.template.fields, self.target))
         self._prefix_special = special_tokens_around(self.tokenizer)[0] if self.add_special_tokens else []
         self._pad_token_id = pad_token_id_of(self.tokenizer)
-        self.collator = CausalGenerationCollator(
-            pad_token_id=self._pad_token_id,
-            pad_to_multiple_of=self.pad_to_multiple_of,
-            logits_to_keep=self.logits_to_keep,
-            position_ids=self.position_ids,
-        )
+        self.collator = CausalGenerationCollator(pad_token_id=self._pad_token_id, **collator_options(self))
 
     @classmethod
     def from_preset(
@@ -236,28 +232,22 @@ class GenerationTask:
         max_new_tokens: int | None,
     ) -> Iterator[tuple[str, Mapping[str, Any]]]:
         max_new_tokens = max_new_tokens or self.max_new_tokens
-        device = model_device(model)
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                for rows in chunks(data, batch_size):
-                    prompts = [self.encode_prompt(row, reserve=max_new_tokens) for row in rows]
-                    input_ids = pad_sequences(prompts, self._pad_token_id, "left")
-                    attention_mask = pad_sequences([[1] * len(p) for p in prompts], 0, "left")
-                    output = model.generate(
-                        input_ids=input_ids.to(device),
-                        attention_mask=attention_mask.to(device),
-                        max_new_tokens=max_new_tokens,
-                        do_sample=False,
-                        num_beams=1,
-                        pad_token_id=self._pad_token_id,
-                        eos_token_id=self.tokenizer.eos_token_id,
-                    )
-                    for row, new_tokens in zip(rows, output[:, input_ids.shape[1] :].tolist(), strict=True):
-                        yield self._decode(new_tokens), row
-        finally:
-            model.train(was_training)
+        with evaluating(model) as device:
+            for rows in chunks(data, batch_size):
+                prompts = [self.encode_prompt(row, reserve=max_new_tokens) for row in rows]
+                input_ids = pad_sequences(prompts, self._pad_token_id, "left")
+                attention_mask = pad_sequences([[1] * len(p) for p in prompts], 0, "left")
+                output = model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                    pad_token_id=self._pad_token_id,
+                    eos_token_id=self.tokenizer.eos_token_id,
+                )
+                for row, new_tokens in zip(rows, output[:, input_ids.shape[1] :].tolist(), strict=True):
+                    yield self._decode(new_tokens), row
 
     def generate(
         self,
