@@ -7,8 +7,10 @@ is flushed to disk and then renamed over the target.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
+import logging
 import math
 import os
 import tempfile
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import IO, Any
 
 Curve = tuple[Sequence[float], Sequence[float]]
+
+logger = logging.getLogger(__name__)
 
 
 def _umask() -> int:
@@ -111,3 +115,17 @@ def plot_curves(path: str | os.PathLike[str], curves: Mapping[str, Curve], *, xl
         return write_atomic(path, lambda handle: figure.savefig(handle, format="png"))
     finally:
         plt.close(figure)
+
+
+def plots_available() -> bool:
+    """Whether matplotlib (the ``plots`` extra) is installed."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def draw_curves(path: str | os.PathLike[str], curves: Mapping[str, Curve], **options: Any) -> Path | None:
+    """:func:`plot_curves`, or None and one logged line without matplotlib: a core install (no ``plots`` extra)
+    still writes every result, only the figures are skipped."""
+    if not plots_available():
+        logger.warning("matplotlib is not installed (pip install 'hf-fedzo[plots]'): %s skipped", Path(path).name)
+        return None
+    return plot_curves(path, curves, **options)

@@ -32,13 +32,12 @@ from hf_fedzo.data import load_task_dataset
 from hf_fedzo.federation import (
     METHODS,
     FederationConfig,
-    draw_curves,
     federation_figures,
     simulate_federation,
     task_batch_loss,
     task_clients,
 )
-from hf_fedzo.reporting import write_json
+from hf_fedzo.reporting import draw_curves, write_json
 from hf_fedzo.runs import (
     DataArguments,
     ModelArguments,

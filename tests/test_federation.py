@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import struct
 from pathlib import Path
@@ -27,6 +26,7 @@ from hf_fedzo.federation import (
     partition_dataset,
     simulate_federation,
 )
+from hf_fedzo.reporting import plots_available
 from tests.federation_setup import batch_loss, checksum, client_data, config, tiny_model
 from tests.launch import launch_two_processes
 
@@ -308,7 +308,7 @@ def test_simulation_writes_results_and_plots(tmp_path: Path) -> None:
     assert all(0 < b < 400 for b in result.rounds[0].bytes_up.values())
     saved = json.loads((tmp_path / "federation_results.json").read_text())
     assert [RoundRecord.from_dict(r) for r in saved["rounds"]] == result.rounds
-    if importlib.util.find_spec("matplotlib") is None:  # the core install: results without figures
+    if not plots_available():  # the core install: results without figures
         assert not list(tmp_path.glob("*.png"))
         return
     for name in ("rounds", "flops", "bytes"):
@@ -347,7 +347,7 @@ def test_fedavg_baseline_moves_only_adapters_and_uploads_tensors(tmp_path: Path)
     for record in result.rounds:
         assert len(record.dropped) == 1 and record.flops > 0
         assert all(b > adapter_bytes for b in record.bytes_up.values())
-    assert (tmp_path / "accuracy_vs_bytes.png").is_file() == (importlib.util.find_spec("matplotlib") is not None)
+    assert (tmp_path / "accuracy_vs_bytes.png").is_file() == plots_available()
 
 
 # ------------------------------------------------------------------------------------ zo_layers_path

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 
+from hf_fedzo.reporting import plots_available
 from hf_fedzo.runs import ModelUnavailableError
 from hf_fedzo.tasks import get_preset, load_task
 from tests.launch import launch_two_processes, offline_env
@@ -80,7 +81,8 @@ def check_outputs(out: Path, summary: dict[str, Any], metric: str) -> None:
     assert [p["step"] for p in written["history"]] == [0, 1, 2]
     flos = [p["total_flos"] for p in written["history"]]
     assert flos == sorted(flos) and flos[1] > 0
-    assert (out / f"{metric}_vs_flops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if plots_available():  # a core install (no `plots` extra) writes everything but the figure
+        assert (out / f"{metric}_vs_flops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["final"] == written["final"]
     # The run records its task alignment: a user scores the saved model with exactly this prompt.
     spec, prompt = load_task(out), written["arguments"]["DataArguments"]["prompt"]
@@ -176,7 +178,8 @@ def test_accelerate_launch_two_processes(assets: dict[str, Path], tmp_path: Path
                          str(assets["dev"]), "--max_length", "48", "--peft", "lora", *FAST, cwd=tmp_path)
     written = json.loads((out / "metrics.json").read_text())
     assert written["world_size"] == 2 and written["global_step"] == 2
-    assert (out / "accuracy_vs_flops.png").exists() and (out / "adapter_model.safetensors").exists()
+    assert (out / "accuracy_vs_flops.png").exists() == plots_available()
+    assert (out / "adapter_model.safetensors").exists()
     assert not list(out.glob(".*.tmp"))
 
 
@@ -198,9 +201,10 @@ def test_federated_compares_methods_at_equal_flops(assets: dict[str, Path], tmp_
     figures = json.loads((out / "fedavg" / "adapter" / "federation.json").read_text())
     assert figures["method"] == "fedavg" and figures["clients"] == 3
     assert figures["rounds"] == summary["methods"]["fedavg"]["rounds"] >= 1
-    for path in ("accuracy_vs_flops.png", "fedspzo/federation_results.json", "mezo/accuracy_vs_bytes.png",
-                 "fedspzo/adapter/adapter_config.json"):
+    for path in ("fedspzo/federation_results.json", "fedspzo/adapter/adapter_config.json"):
         assert (out / path).is_file(), path
+    for path in ("accuracy_vs_flops.png", "mezo/accuracy_vs_bytes.png"):
+        assert (out / path).is_file() == plots_available(), path
     for method in ("fedspzo", "mezo", "fedavg"):  # each shared adapter carries the prompt it was trained with
         spec = load_task(out / method / "adapter")
         assert spec.template == "Review: {sentence}\nSentiment:{label}" and spec.label_words == (" bad", " good")

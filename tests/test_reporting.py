@@ -3,7 +3,8 @@ import math
 
 import pytest
 
-from hf_fedzo.reporting import plot_curves, write_atomic, write_json
+from hf_fedzo import reporting
+from hf_fedzo.reporting import draw_curves, plot_curves, write_atomic, write_json
 
 
 def test_write_json_replaces_atomically_and_writes_nan_as_null(tmp_path):
@@ -29,13 +30,21 @@ def test_failed_write_keeps_the_previous_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
+def test_draw_curves_skips_the_figure_without_matplotlib(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(reporting, "plots_available", lambda: False)
+    assert draw_curves(tmp_path / "acc.png", {"a": ([1, 2], [0.5, 0.6])}, xlabel="x", ylabel="y") is None
+    assert not (tmp_path / "acc.png").exists() and "pip install 'hf-fedzo[plots]'" in caplog.text
+
+
 def test_plot_curves_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
     path = plot_curves(tmp_path / "acc.png", {"a": ([1, 2], [0.5, 0.6]), "b": ([1, 3], [0.4, 0.7])},
                        xlabel="FLOPs", ylabel="accuracy")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_plot_curves_with_bands_and_a_reference_line(tmp_path):
+    pytest.importorskip("matplotlib")
     path = plot_curves(tmp_path / "bands.png", {"a": ([0, 1, 2], [0.5, 0.6, 0.7])}, bands={"a": [0.0, 0.05, 0.1]},
                        reference=("zero-shot", 0.5), xlabel="FLOPs", ylabel="accuracy")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

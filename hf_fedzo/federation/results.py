@@ -6,28 +6,16 @@ with one logged line, so a core install runs federations end to end.
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from hf_fedzo.federation.config import FederationConfig
 from hf_fedzo.federation.records import FederationResult
-from hf_fedzo.reporting import Curve, plot_curves, write_json
+from hf_fedzo.reporting import draw_curves, write_json
 
 RESULTS_FILE = "federation_results.json"
 METRICS = ("accuracy", "f1", "exact_match")  # the first one evaluated is plotted
-
-logger = logging.getLogger(__name__)
-
-
-def draw_curves(path: str | Path, curves: Mapping[str, Curve], **options: Any) -> Path | None:
-    """:func:`~hf_fedzo.reporting.plot_curves`, or None (and one logged line) without matplotlib."""
-    if importlib.util.find_spec("matplotlib") is None:
-        logger.warning("matplotlib is not installed (pip install 'hf-fedzo[plots]'): %s skipped", Path(path).name)
-        return None
-    return plot_curves(path, curves, **options)
 
 
 def write_results(output: Path, config: FederationConfig, result: FederationResult,

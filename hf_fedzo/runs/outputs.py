@@ -10,7 +10,7 @@ from typing import Any
 
 from transformers import Trainer
 
-from hf_fedzo.reporting import plot_curves, write_json
+from hf_fedzo.reporting import draw_curves, write_json
 from hf_fedzo.runs.history import MetricHistory
 from hf_fedzo.tasks import PromptSelection, save_task
 from hf_fedzo.trainer import ZOSplitTrainer
@@ -75,7 +75,7 @@ def write_run_outputs(trainer: Trainer, history: MetricHistory, *, recipe: str, 
             save_task(task, output_dir, prompt_selection.as_dict() if prompt_selection else None)
         xlabel = "cumulative forward FLOPs" if zero_order else "cumulative training FLOPs (estimate)"
         label = "zeroth-order" if zero_order else "first-order (Trainer)"
-        plot_curves(output_dir / f"{metric}_vs_flops.png", {label: history.curve(key)}, xlabel=xlabel,
+        draw_curves(output_dir / f"{metric}_vs_flops.png", {label: history.curve(key)}, xlabel=xlabel,
                     ylabel=metric, title=f"{recipe}: {metric} vs FLOPs")
     return summary
 
