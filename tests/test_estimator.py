@@ -220,5 +220,5 @@ def test_frozen_prefix_runs_block1_once_and_gives_the_same_scalars() -> None:
         lambda: model(**batch).loss, step_seed=5)
     full = ZOEstimator(model, ZOSettings(eps=1e-2, p1=2, p2=3, split="none")).estimate(
         lambda: model(**batch).loss, step_seed=5)
-    assert split.forwards_block1 == 1 and split.forwards_block2 == 2 * 2 * 3
+    assert split.work.forwards_block1 == 1 and split.work.forwards_block2 == 2 * 2 * 3
     torch.testing.assert_close(split.scalars, full.scalars, rtol=1e-4, atol=1e-4)
