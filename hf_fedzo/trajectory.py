@@ -47,6 +47,7 @@ from torch import nn
 from hf_fedzo.engine.optimizer import ZOUpdate, apply_updates
 from hf_fedzo.engine.perturbation import CHUNK_NUMEL, IndexedParameter
 from hf_fedzo.engine.split import SplitPlan, trainable_parameters
+from hf_fedzo.redaction import redact_argv, redact_command, redact_mapping
 from hf_fedzo.reporting import write_atomic
 
 if TYPE_CHECKING:
@@ -221,8 +222,9 @@ class Trajectory:
                 "totals": dict(getattr(trainer, "_zo_totals", {})),
                 "learning_rate": args.learning_rate,
                 "weight_decay": args.weight_decay,
-                "command": command if command is not None else current_command(),
-                "training_args": json.loads(json.dumps(args.to_dict(), default=str)),
+                # Never record a secret: a recipe launched with --hub_token would otherwise publish it.
+                "command": redact_command(command if command is not None else current_command()),
+                "training_args": redact_mapping(json.loads(json.dumps(args.to_dict(), default=str))),
             },
         )
 
@@ -257,7 +259,8 @@ def _versions(hf_fedzo_version: str) -> dict[str, str]:
 
 
 def current_command() -> str:
-    """This process's command line as one would type it again (``python train.py …``, ``python -m pkg …``)."""
+    """This process's command line as one would type it again (``python train.py …``, ``python -m pkg …``),
+    with secrets (``--hub_token``, token-shaped values) redacted."""
     script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
     if script.name == "__main__.py":
         head = ["python", "-m", script.parent.name]
@@ -265,7 +268,7 @@ def current_command() -> str:
         head = ["python", str(script)]
     else:
         head = [script.name]
-    return shlex.join([*head, *sys.argv[1:]])
+    return shlex.join([*head, *redact_argv(sys.argv[1:])])
 
 
 def capture_start(model: nn.Module) -> dict[str, Any]:
