@@ -10,6 +10,7 @@ Without a split all parameters form one block and the P1·P2 directions are full
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -37,8 +38,8 @@ class ZOSettings:
     layers_path: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.eps > 0:
-            raise ValueError(f"zo_eps must be > 0 (got {self.eps})")
+        if not (self.eps > 0 and math.isfinite(self.eps)):
+            raise ValueError(f"zo_eps must be a finite number > 0 (got {self.eps})")
         for name in ("p1", "p2"):
             if getattr(self, name) < 1:
                 raise ValueError(f"zo_{name} must be >= 1 (got {getattr(self, name)})")

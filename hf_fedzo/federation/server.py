@@ -6,6 +6,7 @@ of a simulation — reaches the global weights by replaying the same log with th
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from hf_fedzo.engine import mix_seed
-from hf_fedzo.federation.aggregation import aggregate_round
+from hf_fedzo.federation.aggregation import aggregate_round, screen_reports
 from hf_fedzo.federation.config import FederationConfig
 from hf_fedzo.federation.protocol import (
     MAX_MESSAGE_BYTES,
@@ -24,6 +25,8 @@ from hf_fedzo.federation.protocol import (
     RoundInstruction,
     decode,
 )
+
+logger = logging.getLogger(__name__)
 
 _SAMPLING = 0x5A4D
 _DROPOUT = 0xD40F
@@ -55,6 +58,7 @@ class FederatedServer:
         self.completed_round = -1
         self.synced: dict[int, int] = {}  # client id → last round it replayed through
         self.current: RoundState | None = None
+        self.clipped: dict[int, str] = {}  # what screening did to the last finished round's reports, per client
 
     # ---------------------------------------------------------------------------------------- rounds
     def sample_clients(self, round_id: int) -> list[int]:
@@ -140,11 +144,14 @@ class FederatedServer:
     def finish_round(self) -> list[LogRecord]:
         """Aggregate the accepted reports (none: an empty round) and append the result to the log."""
         state = self._state()
-        reports = self.accepted_reports()
+        weight_ratio = self.config.max_weight_ratio if self.config.weighting == "examples" else 0.0
+        reports, self.clipped = screen_reports(self.accepted_reports(), self.config.max_norm_ratio, weight_ratio)
+        for client_id, note in self.clipped.items():
+            logger.warning("round %d, client %d: %s", state.round, client_id, note)
         records = aggregate_round(state.round, reports, self.settings, self.config.seed,
                                   shared_seeds=not self.config.per_client_seeds,
                                   aggregation=self.config.aggregation, weighting=self.config.weighting,
-                                  trim_fraction=self.config.trim_fraction)
+                                  trim_fraction=self.config.trim_fraction, max_weight_ratio=weight_ratio)
         self.log.extend(records)
         self.completed_round = state.round
         self.current = None

@@ -154,6 +154,8 @@ def simulate_federation(model: Any, batch_loss: BatchLoss, clients: Sequence[Cli
             "train_loss": sum(r.loss_mean for r in accepted) / len(accepted) if accepted else None,
             "seconds": time.perf_counter() - started,
         }
+        if server.clipped:  # outlier reports scaled down or counts capped (logged by the server too)
+            record["clipped"] = {str(k): v for k, v in server.clipped.items()}
         if evaluate is not None and state.is_main_process and config.evaluation_due(round_id, spent):
             record["eval"] = dict(evaluate(model))
         result.rounds.append(record)
