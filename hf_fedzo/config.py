@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -100,7 +101,11 @@ class ZOConfig(TrainingArguments):
         if self.zo_perturbation not in PERTURBATIONS:
             raise ValueError(f"zo_perturbation: unknown distribution {self.zo_perturbation!r}; choose from "
                              f"{sorted(PERTURBATIONS)}")
-        _ = self.zo_settings  # validates eps, P1, P2 and the difference scheme with flag-named errors
+        for name in ("learning_rate", "weight_decay"):  # NaN passes every range check and trains an all-NaN model
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number (got {getattr(self, name)})")
+        for message in self.zo_settings.sanity_warnings():  # also validates eps, P1, P2 and the difference scheme
+            warnings.warn(message, stacklevel=2)
         super().__post_init__()
 
     @property

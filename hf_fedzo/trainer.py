@@ -13,10 +13,36 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_fedzo.config import ZOConfig
-from hf_fedzo.engine import SeedScope, ZOEstimate, ZOEstimator, ZOOptimizer
+from hf_fedzo.engine import DivergenceError, SeedScope, ZOEstimate, ZOEstimator, ZOOptimizer
+
+# Consecutive estimates in which no direction changed the loss at all: the model is saturated or destroyed
+# (seen with learning rates of 1e3 and more), and further steps cannot move it. A healthy model has every
+# one of P1·P2 directions land on exactly equal losses three times running with negligible probability.
+FLAT_ESTIMATES_LIMIT = 3
+
+
+class _DivergenceGuard(TrainerCallback):
+    """Stops training right after an update that left a trainable tensor non-finite, before any save."""
+
+    def __init__(self, trainer: ZOSplitTrainer) -> None:
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        estimator = self.trainer.zo_estimator
+        broken = estimator.nonfinite_parameters() if estimator is not None and estimator.plan is not None else []
+        if broken:
+            raise DivergenceError(
+                f"step {state.global_step + 1}: the update made {len(broken)} trainable tensor(s) non-finite (first: "
+                f"{broken[0]}); training stopped and nothing was saved. Use a smaller --learning_rate "
+                f"(now {args.learning_rate}) or --zo_eps (now {args.zo_eps}).")
+
+    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        # While no direction moves the loss the model may be destroyed: never let it replace a good checkpoint.
+        if self.trainer._zo_flat_estimates and control.should_save:
+            control.should_save = False
 
 
 def _as_zo_config(args: TrainingArguments | None) -> ZOConfig:
@@ -53,6 +79,8 @@ class ZOSplitTrainer(Trainer):
         self._zo_last_estimate: ZOEstimate | None = None
         self._zo_totals = {"forwards_block1": 0, "forwards_block2": 0, "flops_block1": 0, "flops_block2": 0}
         self._zo_window: list[ZOEstimate] = []
+        self._zo_flat_estimates = 0
+        self.add_callback(_DivergenceGuard(self))
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
 
@@ -62,6 +90,9 @@ class ZOSplitTrainer(Trainer):
             target = model if model is not None else self.model
             self.zo_estimator = ZOEstimator(target, self.args.zo_settings)
             params = [p for p in target.parameters() if p.requires_grad]
+            if not params:  # torch would only say "optimizer got an empty parameter list"
+                raise ValueError("the model has no trainable parameters (requires_grad=True): unfreeze some weights "
+                                 "or add adapters (e.g. peft.get_peft_model) before training")
             self.optimizer = ZOOptimizer(params, self.zo_estimator, lr=self.args.learning_rate,
                                          weight_decay=self.args.weight_decay)
             from hf_fedzo.trajectory import capture_start
@@ -107,9 +138,21 @@ class ZOSplitTrainer(Trainer):
             packed = self.accelerator.reduce(packed, reduction="mean").cpu()
             estimate.scalars = packed[:-1].view_as(estimate.scalars).float()
             estimate.loss = float(packed[-1])
+        self._check_progress(estimate)
         optimizer.accumulate(estimate)
         self._record(estimate)
         return torch.tensor(estimate.loss / self.current_gradient_accumulation_steps, device=self.args.device)
+
+    def _check_progress(self, estimate: ZOEstimate) -> None:
+        """Refuse to go on when no direction has changed the loss for ``FLAT_ESTIMATES_LIMIT`` estimates."""
+        self._zo_flat_estimates = self._zo_flat_estimates + 1 if not bool(estimate.scalars.any()) else 0
+        if self._zo_flat_estimates >= FLAT_ESTIMATES_LIMIT:
+            raise DivergenceError(
+                f"step {self.state.global_step + 1}: no perturbation has changed the loss (now {estimate.loss:.6g}) "
+                f"for {self._zo_flat_estimates} consecutive estimates: the model is saturated or destroyed (no "
+                "checkpoint was saved since the loss went flat). Use a smaller "
+                f"--learning_rate (now {self.args.learning_rate}); if the loss is still sensible, a larger --zo_eps "
+                f"(now {self.args.zo_eps}).")
 
     def _record(self, estimate: ZOEstimate) -> None:
         self._zo_last_estimate = estimate

@@ -93,7 +93,8 @@ class FederationConfig:
         if self.aggregation != "mean" and reporting < ROBUST_MIN_CLIENTS:
             warnings.warn(f"aggregation={self.aggregation!r} with {reporting} reporting client(s) per round cannot "
                           f"outvote one bad report: use clients_per_round >= {ROBUST_MIN_CLIENTS}", stacklevel=2)
-        self.round_settings()
+        for message in self.round_settings().zo_settings().sanity_warnings():
+            warnings.warn(message, stacklevel=2)
 
     def budget_spent(self, flops: float) -> bool:
         return self.flop_budget is not None and flops >= self.flop_budget
