@@ -7,7 +7,10 @@ gradient accumulation, schedulers, callbacks, evaluation, checkpoints and resump
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,6 +20,52 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_fedzo.config import ZOConfig
 from hf_fedzo.engine import DivergenceError, SeedScope, ZOEstimate, ZOEstimator, ZOOptimizer
+
+logger = logging.getLogger(__name__)
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+OPTIMIZER_FILE = "optimizer.pt"  # = transformers' OPTIMIZER_NAME; it holds the ZO update history
+TRAINER_STATE_FILE = "trainer_state.json"  # written last into a checkpoint: its presence means "complete"
+
+
+def checkpoint_problem(checkpoint: str | os.PathLike[str]) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from (a kill mid-save, a damaged optimizer.pt), or None.
+
+    A ZO checkpoint must carry its ``optimizer.pt``: the update history and the trajectory's starting
+    point live there, and resuming without them would silently lose the first steps of the trajectory.
+    """
+    folder = Path(checkpoint)
+    state, optimizer = folder / TRAINER_STATE_FILE, folder / OPTIMIZER_FILE
+    if not state.is_file():
+        return f"{state} is missing (the checkpoint was not completely written)"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return f"{state} cannot be read ({type(err).__name__}: {err})"
+    if not optimizer.is_file():
+        return (f"{optimizer} is missing: it holds the ZO update history, without which the trajectory of the "
+                "resumed run would lose its first steps")
+    try:
+        saved = torch.load(optimizer, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: torch raises many types
+        return f"{optimizer} cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    if not isinstance(saved, dict) or not isinstance(saved.get("zo_history"), list):
+        return f"{optimizer} is not a ZOOptimizer state (no zo_history)"
+    return None
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
+    """The newest ``checkpoint-N`` in ``output_dir`` that can be resumed from; incomplete ones are reported."""
+    folder = Path(output_dir)
+    steps = sorted(((int(m[1]), p) for p in (folder.iterdir() if folder.is_dir() else [])
+                    if p.is_dir() and (m := _CHECKPOINT.match(p.name))), reverse=True)
+    for _, path in steps:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path)
+        logger.warning("skipping incomplete checkpoint %s: %s", path, problem)
+    return None
+
 
 # Consecutive estimates in which no direction changed the loss at all: the model is saturated or destroyed
 # (seen with learning rates of 1e3 and more), and further steps cannot move it. A healthy model has every
@@ -83,6 +132,20 @@ class ZOSplitTrainer(Trainer):
         self.add_callback(_DivergenceGuard(self))
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train``; ``resume_from_checkpoint=True`` skips (and reports) incomplete checkpoints, and a
+        checkpoint without a loadable ``optimizer.pt`` is refused with a message naming the file."""
+        if resume_from_checkpoint is True:
+            found = last_complete_checkpoint(self.args.output_dir)
+            if found is None:
+                raise ValueError(f"resume_from_checkpoint=True: no complete checkpoint in {self.args.output_dir}")
+            resume_from_checkpoint = found
+        if resume_from_checkpoint and not self.args.save_only_model:
+            problem = checkpoint_problem(resume_from_checkpoint)
+            if problem is not None:
+                raise ValueError(f"cannot resume from {resume_from_checkpoint}: {problem}")
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------ optimizer
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
