@@ -49,8 +49,8 @@ def test_resume_skips_a_checkpoint_cut_short_and_reports_it(run: Path, tmp_path:
     assert len(trainer.zo_optimizer.history) == 6  # resumed from checkpoint-2 with its history
 
 
-@pytest.mark.parametrize(("content", "named"), [(b"", "cannot be loaded"), (b"\x80\x04random bytes", "cannot be loaded"),
-                                                (None, "is not a ZOOptimizer state")])
+@pytest.mark.parametrize(("content", "named"), [
+    (b"", "cannot be loaded"), (b"\x80\x04random bytes", "cannot be loaded"), (None, "is not a ZOOptimizer state")])
 def test_a_damaged_optimizer_file_is_named(run: Path, tmp_path: Path, content: bytes | None, named: str) -> None:
     out = _copy(run, tmp_path)
     target = out / "checkpoint-4" / "optimizer.pt"

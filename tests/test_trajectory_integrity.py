@@ -81,7 +81,7 @@ def test_a_changed_platform_is_blamed_only_when_everything_else_matched(lora_run
 
     real = module.apply_updates
     monkeypatch.setattr(module, "apply_updates", lambda est, ups, retrace: real(est, ups[:-1], retrace=retrace))
-    with pytest.raises(TrajectoryMismatchError, match="final fingerprint check failed .*log, base and start"):
+    with pytest.raises(TrajectoryMismatchError, match=r"final fingerprint check failed .*log, base and start"):
         from_trajectory(_base(), _write(tmp_path, lora_run))
 
 
@@ -117,6 +117,6 @@ def test_resume_without_the_update_history_is_refused(tmp_path: Path) -> None:
     trainer.train()
     (out / "checkpoint-2" / "optimizer.pt").unlink()
     resumed = ZOSplitTrainer(model=_base(), args=_args(out, max_steps=4), train_dataset=pattern_dataset())
-    with pytest.raises(ValueError, match="optimizer.pt is missing: it holds the ZO update history"):
+    with pytest.raises(ValueError, match=r"optimizer\.pt is missing: it holds the ZO update history"):
         resumed.train(resume_from_checkpoint=str(out / "checkpoint-2"))
     assert load_trajectory(out / "checkpoint-2").updates  # nothing was overwritten
