@@ -44,7 +44,9 @@ TRAINING_ARGS_BIN = "training_args.bin"
 _SKIP_SUFFIXES = (".tmp", ".lock", ".pth")
 _SKIP_DIRS = ("checkpoint-", "runs", "__pycache__", "wandb")
 _METRIC_FILES = ("eval_results.json", "test_results.json", "all_results.json", "metrics.json")
-FEDERATION_FILE = "federation.json"  # federation figures a federated run leaves for its card
+FEDERATION_FILE = "federation.json"
+FULL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                     "pytorch_model.bin.index.json")  # federation figures a federated run leaves for its card
 
 
 class PushError(RuntimeError):
@@ -84,6 +86,17 @@ def _published(output_dir: Path, variant: str, include_training_args_bin: bool =
             if name == TRAINING_ARGS_BIN and not include_training_args_bin:
                 continue
             yield rel
+
+
+def check_weights(output_dir: Path, is_adapter: bool) -> None:
+    """Refuse a folder without weights: it would publish a README-only repo labelled as a model."""
+    expected = ADAPTER_FILES[1:] if is_adapter else FULL_WEIGHT_FILES
+    if any((output_dir / name).is_file() for name in expected):
+        return
+    if not any(output_dir.iterdir()):
+        raise ValueError(f"run folder {output_dir} is empty: nothing to publish")
+    what = "adapter weights" if is_adapter else "model weights (and no adapter_config.json)"
+    raise ValueError(f"run folder {output_dir} has no {what}: expected one of {', '.join(expected)}")
 
 
 def redact_record(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -170,6 +183,7 @@ def stage_run(output_dir: str | os.PathLike[str], staging: str | os.PathLike[str
         raise FileNotFoundError(f"run folder {output_dir} does not exist")
     is_adapter = (output_dir / "adapter_config.json").is_file()
     variant = "merged" if merged and is_adapter else ("adapter" if is_adapter else "full")
+    check_weights(output_dir, is_adapter)
     if merged and not is_adapter:
         logger.info("%s holds full weights (no adapter_config.json): nothing to merge, pushing them as they are",
                     output_dir)

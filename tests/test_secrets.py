@@ -86,3 +86,4 @@ def test_an_old_trajectory_holding_a_token_is_published_redacted(tmp_path: Path)
 def test_card_rendered_from_any_source_is_redacted() -> None:
     card = render_model_card(CardInfo(model_name="m", command=f"python t.py --token {OTHER}"))
     assert OTHER not in str(card)
+
