@@ -455,6 +455,8 @@ class FlowerFederation:
             "train_loss": sum(r.loss_mean for r in accepted) / len(accepted) if accepted else None,
             "seconds": time.perf_counter() - started,
         }
+        if self.server.clipped:  # outlier reports scaled down or counts capped, as in the simulation
+            record["clipped"] = {str(k): v for k, v in self.server.clipped.items()}
         return record
 
     def run(self, grid: GridLike) -> SimulationResult:
