@@ -141,6 +141,7 @@ def _push(files: dict[str, bytes] | None) -> Callable[[Path, dict[str, Any]], An
 
 def _recipe(name: str, *argv: str, train: str | None = None) -> Callable[[Path, dict[str, Any]], Any]:
     def run(tmp: Path, assets: dict[str, Any]) -> Any:
+        (tmp / "t.csv").write_text(CSV)  # the working directory is tmp: relative file flags land here
         args = ["--output_dir", str(tmp / "out"), "--model_name_or_path", str(assets["tokenizer"]), "--use_cpu"]
         if train is not None:
             (tmp / "train.csv").write_text(train)
@@ -274,6 +275,12 @@ CASES = [
     Case("recipe empty cell", _recipe("roberta_sst2", train=CSV + ",1\n"), DataError, "row 2: column 'sentence'"),
     Case("recipe bad label", _recipe("roberta_sst2", train=CSV + "meh,pos\n"), DataError, "row 2: label 'pos'"),
     Case("recipe header only", _recipe("roberta_sst2", train="sentence,label\n"), DataError, "{tmp}/train.csv"),
+    Case("recipe max_train_samples 0", _recipe("roberta_sst2", "--max_train_samples", "0", train=CSV), DataError,
+         "--max_train_samples"),
+    Case("recipe missing file", _recipe("roberta_sst2", "--train_file", "nowhere.csv", "--validation_file",
+                                        "nowhere.jsonl"), FileNotFoundError, "train_file='nowhere.csv'"),
+    Case("recipe no validation split", _recipe("roberta_sst2", "--train_file", "t.csv", "--dataset", "x"),
+         DataError, "no validation split.*--validation_file"),
 ]
 
 

@@ -141,6 +141,7 @@ def run_recipe(main: Callable[[list[str] | None], Any], argv: list[str] | None =
 
     try:
         main(argv)
-    except (ModelUnavailableError, DatasetUnavailableError, AssetNotFoundError, DataError, StateFileError) as err:
+    except (ModelUnavailableError, DatasetUnavailableError, AssetNotFoundError, DataError, StateFileError,
+            FileNotFoundError) as err:  # a --*_file that does not exist is a flag error too
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
