@@ -157,3 +157,25 @@ def test_robust_rules_warn_when_they_cannot_be_robust() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         config(aggregation="median", clients_per_round=3)
+
+
+def test_per_client_seed_records_never_overflow() -> None:
+    """Pre-weighted scalars of two clients at the float32 limit saturate instead of becoming inf."""
+    cfg = config(local_steps=1, per_client_seeds=True, clients_per_round=2)
+    big = np.full(cfg.round_settings().scalar_shape, 3.4e38, dtype=np.float32)
+    reports = [ClientReport(0, 0, 1, big, 1.0, 1.0), ClientReport(0, 1, 10**12, big, 1.0, 1.0)]
+    (record,) = aggregate_round(0, reports, cfg.round_settings(), cfg.seed, shared_seeds=False)
+    assert np.isfinite(record.update.scalars).all()
+    honest = [ClientReport(0, k, 10 + k, np.random.default_rng(k).normal(size=big.shape).astype(np.float32), 1.0,
+                           1.0) for k in range(2)]
+    (record,) = aggregate_round(0, honest, cfg.round_settings(), cfg.seed, shared_seeds=False)
+    weights = np.array([10, 11]) / 21
+    expected = np.stack([r.scalars[0] for r in honest]) * (2 * weights).astype(np.float32)[:, None, None]
+    assert np.array_equal(np.asarray(record.update.scalars, dtype=np.float32), expected)  # bit for bit as before
+
+
+def test_rejected_reports_are_logged(caplog: pytest.LogCaptureFixture) -> None:
+    server = _server()
+    with caplog.at_level(logging.WARNING), pytest.raises(ProtocolError):
+        server.receive(_wire(_payload(server, server.current.sampled[0], round=3)))  # type: ignore[union-attr]
+    assert "rejected" in caplog.text and "round 3" in caplog.text

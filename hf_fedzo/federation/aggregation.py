@@ -136,7 +136,10 @@ def aggregate_round(round_id: int, reports: Sequence[ClientReport], settings: Ro
             # apply_update averages its estimates, so pre-scaling by K·w_k gives Σ_k w_k g_k z_k.
             seeds = tuple(SeedScope(scope_base, round_id, r.client_id + 1).step_seed(step) for r in reports)
             scale = (len(reports) * weights).astype(np.float32)[:, None, None]
-            scalars = per_client * scale
+            # float32 x float32 is exact in float64, so rounding once gives the float32 product bit for bit;
+            # only a product beyond float32's range changes: it saturates instead of becoming inf.
+            limit = float(np.finfo(np.float32).max)
+            scalars = np.clip(per_client.astype(np.float64) * scale, -limit, limit).astype(np.float32)
         nested = tuple(tuple(tuple(row) for row in matrix) for matrix in scalars.tolist())
         records.append(LogRecord(round_id, ZOUpdate(seeds, nested, settings.lr, settings.weight_decay)))
     return records

@@ -110,6 +110,7 @@ class FederatedServer:
         try:
             self._validate(report, state)
         except ProtocolError as err:
+            logger.warning("round %d: rejected %s", state.round, err)
             if report.client_id in state.sampled:
                 state.rejected[report.client_id] = str(err)
             raise
