@@ -63,6 +63,11 @@ class ZOConfig(TrainingArguments):
         default="central",
         metadata={"help": "'central' (L(θ+εz) − L(θ−εz)) / 2ε or one-sided 'forward' (L(θ+εz) − L(θ)) / ε."},
     )
+    zo_clip: float = field(
+        default=0.0,
+        metadata={"help": "Clip each projected gradient to ± zo_clip × the RMS of the last 64 applied ones (e.g. 3; "
+                  "0: off). Cuts the rare outlier steps that collapse a model; see docs/benchmarks.md."},
+    )
     zo_seed: int | None = field(
         default=None,
         metadata={"help": "Base seed of every perturbation (defaults to `seed`). Seeds derive from (zo_seed, "
@@ -101,6 +106,8 @@ class ZOConfig(TrainingArguments):
         if self.zo_perturbation not in PERTURBATIONS:
             raise ValueError(f"zo_perturbation: unknown distribution {self.zo_perturbation!r}; choose from "
                              f"{sorted(PERTURBATIONS)}")
+        if not (self.zo_clip >= 0 and math.isfinite(self.zo_clip)):
+            raise ValueError(f"zo_clip must be a finite number >= 0 (got {self.zo_clip})")
         for name in ("learning_rate", "weight_decay"):  # NaN passes every range check and trains an all-NaN model
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number (got {getattr(self, name)})")

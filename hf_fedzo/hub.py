@@ -211,6 +211,10 @@ def stage_run(output_dir: str | os.PathLike[str], staging: str | os.PathLike[str
     all_metrics = {**collect_metrics(output_dir), **(metrics or {})}
     if federation is None and (output_dir / FEDERATION_FILE).is_file():
         federation = json.loads((output_dir / FEDERATION_FILE).read_text())
+    from hf_fedzo.tasks.alignment import TASK_FILE  # here: the module needs torch, the card helpers do not
+
+    task_path = output_dir / TASK_FILE
+    task = json.loads(task_path.read_text()) if task_path.is_file() else None
     card = {k: v for k, v in card.items() if v is not None}
     for key in ("datasets", "tags"):
         if key in card:
@@ -219,7 +223,7 @@ def stage_run(output_dir: str | os.PathLike[str], staging: str | os.PathLike[str
         record, model_name=card.pop("model_name", None) or (repo_id or output_dir.name).split("/")[-1],
         repo_id=repo_id, variant=variant, metrics=all_metrics, federation=dict(federation) if federation else None,
         memory=dict(memory or {}), merge_dtype=merge_dtype if variant == "merged" else None,
-        trajectory_file=TRAJECTORY_NAME if record else None, **card,
+        trajectory_file=TRAJECTORY_NAME if record else None, task=task, **card,
     )
     render_model_card(info).save(str(staging / "README.md"))
     return variant

@@ -103,6 +103,7 @@ class CardInfo:
     num_seeds: int | None = None
     memory: dict[str, Any] = field(default_factory=dict)  # measured figures from the caller (peak memory, …)
     federation: dict[str, Any] | None = None  # clients, rounds, bytes per round, … (optional section)
+    task: dict[str, Any] | None = None  # the run's task.json (prompt section)
     command: str | None = None
     trajectory_file: str | None = None
     device_type: str | None = None
@@ -291,6 +292,20 @@ def _eval_results(info: CardInfo, metrics: Mapping[str, float]) -> list[EvalResu
     ]
 
 
+def _task_section(task: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What the card says of a run's task.json: template, label words, calibration and how it was chosen."""
+    if not task:
+        return None
+    selection = task.get("selection") or {}
+    selected = (f"chosen zero-shot on {selection['examples']} {selection['split']} examples by "
+                f"{selection['metric'].replace('_', ' ')}" if {"examples", "split", "metric"} <= set(selection) else "")
+    words = task.get("label_words")
+    # A newline inside inline code would break the Markdown line: show it as \n, as a user would type it.
+    return {"template": task["template"].replace("\n", "\\n"),
+            "label_words": " / ".join(f"`{w}`" for w in words) if words else None,
+            "calibrated": bool((task.get("options") or {}).get("score_bias")), "selected": selected}
+
+
 def render_model_card(info: CardInfo, template: str | os.PathLike[str] | None = None) -> ModelCard:
     """Render ``info`` with the ZO card template (or another Jinja template path)."""
     metrics = eval_metrics(info.metrics)
@@ -330,6 +345,7 @@ def render_model_card(info: CardInfo, template: str | os.PathLike[str] | None = 
         compute=_compute_rows(info),
         memory=_memory_rows(info),
         command=redact_command(info.command) if info.command else None,  # a card is published: no secrets
+        task=_task_section(info.task),
         trajectory_file=info.trajectory_file,
         steps=_fmt(int(info.steps or 0)),
         device_type=info.device_type or "cpu",

@@ -7,6 +7,7 @@ is flushed to disk and then renamed over the target.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -61,11 +62,14 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
 
 def plot_curves(path: str | os.PathLike[str], curves: Mapping[str, Curve], *, xlabel: str, ylabel: str,
                 title: str = "", logx: bool = False, bands: Mapping[str, Sequence[float]] | None = None,
-                reference: tuple[str, float] | None = None) -> Path:
+                reference: tuple[str, float] | Sequence[tuple[str, float]] | None = None,
+                min_yspan: float | None = None) -> Path:
     """One PNG with a line per named curve (needs the ``plots`` extra: matplotlib).
 
     ``bands[label]`` shades ± that spread around the curve of the same label (e.g. a std over seeds), and
-    ``reference=(label, y)`` draws a dotted horizontal line (e.g. zero-shot accuracy).
+    ``reference=(label, y)`` (or a list of them) draws dotted horizontal lines (e.g. zero-shot accuracy, the
+    majority-class rate). ``min_yspan`` keeps the y axis at least that tall, so that a change of one example
+    never fills the plot.
     """
     try:
         import matplotlib
@@ -85,8 +89,14 @@ def plot_curves(path: str | os.PathLike[str], curves: Mapping[str, Curve], *, xl
             axes.fill_between(list(xs), [y - d for y, d in zip(ys, bands[label], strict=True)],
                               [y + d for y, d in zip(ys, bands[label], strict=True)], color=line.get_color(),
                               alpha=0.15)
-    if reference is not None:
-        axes.axhline(reference[1], color="grey", linestyle=":", label=reference[0])
+    references = [reference] if reference and isinstance(reference[0], str) else list(reference or [])
+    for (name, y), style in zip(references, itertools.cycle((":", "--", "-.")), strict=False):
+        axes.axhline(y, color="grey", linestyle=style, label=name)
+    if min_yspan is not None:
+        low, high = axes.get_ylim()
+        if high - low < min_yspan:
+            middle = (low + high) / 2
+            axes.set_ylim(middle - min_yspan / 2, middle + min_yspan / 2)
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     if logx:
@@ -94,7 +104,7 @@ def plot_curves(path: str | os.PathLike[str], curves: Mapping[str, Curve], *, xl
     if title:
         axes.set_title(title)
     axes.grid(alpha=0.3)
-    if len(curves) + (reference is not None) > 1:
+    if len(curves) + len(references) > 1:
         axes.legend(fontsize=8 if bands is not None else None)
     figure.tight_layout()
     try:

@@ -157,7 +157,7 @@ class ZOSplitTrainer(Trainer):
                 raise ValueError("the model has no trainable parameters (requires_grad=True): unfreeze some weights "
                                  "or add adapters (e.g. peft.get_peft_model) before training")
             self.optimizer = ZOOptimizer(params, self.zo_estimator, lr=self.args.learning_rate,
-                                         weight_decay=self.args.weight_decay)
+                                         weight_decay=self.args.weight_decay, clip_factor=self.args.zo_clip)
             from hf_fedzo.trajectory import capture_start
 
             # Before the first step; on resume, load_state_dict replaces it with the original run's start.
@@ -242,6 +242,8 @@ class ZOSplitTrainer(Trainer):
                     logs["zo/nonfinite_scalars"] = nonfinite
                 self._zo_window.clear()
             logs.update({f"zo/{k}": float(v) for k, v in self._zo_totals.items()})
+            if self.args.zo_clip:
+                logs["zo/clipped_scalars"] = float(self.zo_optimizer.clipped_scalars)
         super().log(logs, start_time)
 
     # ---------------------------------------------------------------------------------- trajectory

@@ -28,6 +28,7 @@ from hf_fedzo.runs import (
     DataArguments,
     MetricHistory,
     ModelArguments,
+    build_task,
     load_model,
     load_splits,
     load_tokenizer,
@@ -35,7 +36,7 @@ from hf_fedzo.runs import (
     run_recipe,
     write_run_outputs,
 )
-from hf_fedzo.tasks import get_preset, load_task
+from hf_fedzo.tasks import get_preset
 
 # MeZO's OPT settings; LoRA/QLoRA want a larger step: --learning_rate 1e-4 --zo_eps 1e-2.
 DEFAULTS: dict[str, Any] = {
@@ -63,11 +64,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # The tokenizer and the data come first: offline, each fails in a second with the flag to use instead.
     tokenizer = load_tokenizer(model_args, kind="causal")
-    task = load_task(data_args.task, tokenizer, model_kind="causal", **data_args.task_kwargs)
-    with args.main_process_first(desc="load and tokenize the data"):
+    with args.main_process_first(desc="load the data"):
         raw = load_splits(data_args)
-        train, validation = task.preprocess_dataset(raw["train"]), task.preprocess_dataset(raw["validation"])
     model = load_model(model_args, "causal", args.device)
+    # --prompt auto scores its candidates on training rows: the validation split reports the result.
+    task, selection = build_task(data_args, tokenizer, "causal", model=model, validation=raw["train"], split="train")
+    with args.main_process_first(desc="tokenize the data"):
+        train, validation = task.preprocess_dataset(raw["train"]), task.preprocess_dataset(raw["validation"])
 
     history = MetricHistory()  # accuracy against the forward FLOPs spent, at every evaluation
     trainer_cls = Trainer if model_args.first_order else ZOSplitTrainer
@@ -80,7 +83,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     trainer.save_model()  # full weights, or only the adapter with --peft; the tokenizer too
     return write_run_outputs(trainer, history, recipe="causal_lm", metric="accuracy",
-                             wall_time_s=time.perf_counter() - started, arguments=(model_args, data_args))
+                             wall_time_s=time.perf_counter() - started, arguments=(model_args, data_args),
+                             task=task, prompt_selection=selection)
 
 
 if __name__ == "__main__":

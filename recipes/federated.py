@@ -34,8 +34,17 @@ from hf_fedzo.federation.fedavg import simulate_fedavg
 from hf_fedzo.federation.simulation import federation_figures
 from hf_fedzo.federation.tasks import task_batch_loss, task_clients
 from hf_fedzo.reporting import plot_curves, write_json
-from hf_fedzo.runs import DataArguments, ModelArguments, load_model, load_tokenizer, recipe_parser, run_recipe
-from hf_fedzo.tasks import load_task
+from hf_fedzo.runs import (
+    DataArguments,
+    ModelArguments,
+    build_task,
+    comparison_table,
+    load_model,
+    load_tokenizer,
+    recipe_parser,
+    run_recipe,
+)
+from hf_fedzo.tasks import TaskSpec, majority_rate, save_task
 
 
 @dataclass
@@ -66,27 +75,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     output = Path(run.output_dir)
 
     tokenizer = load_tokenizer(model_args, kind="causal")
-    task = load_task(data_args.task, tokenizer, model_kind="causal", **data_args.task_kwargs)
     raw = load_task_dataset(data_args.source, train_file=data_args.train_file,
                             validation_file=data_args.validation_file)
     train = raw["train"].select(range(min(data_args.max_train_samples or len(raw["train"]), len(raw["train"]))))
     validation = raw["validation"].select(range(min(run.eval_samples, len(raw["validation"]))))
     held_out = raw["test"] if "test" in raw else raw["validation"]  # GLUE test labels are hidden
     held_out = held_out.select(range(min(run.test_samples or len(held_out), len(held_out))))
-    clients, partition = task_clients(task, train, federation)
 
     def model_for_run() -> torch.nn.Module:
         torch.manual_seed(federation.seed)  # every process draws the same LoRA initialisation
         return load_model(model_args, "causal", state.device)
 
-    def held_out_accuracy(model: torch.nn.Module) -> float:
-        return task.evaluate(model, held_out, batch_size=run.eval_batch_size)["accuracy"]
-
     model = model_for_run()
-    zero_shot = held_out_accuracy(model) if state.is_main_process else None
-    state.print(f"zero-shot accuracy on {len(held_out)} held-out examples: {zero_shot}")
+    # --prompt auto scores the candidates on validation rows, or on training rows when the validation split is
+    # also the held-out one: the held-out split measures the chosen prompt, it never chooses it.
+    task, selection = build_task(data_args, tokenizer, "causal", model=model, batch_size=run.eval_batch_size,
+                                 validation=raw["validation"] if "test" in raw else train)
+    if selection is not None:
+        state.print(selection.table())
+    clients, partition = task_clients(task, train, federation)
+
+    def held_out_metrics(model: torch.nn.Module) -> dict[str, float]:
+        return task.evaluate(model, held_out, batch_size=run.eval_batch_size)
+
+    zero_shot = held_out_metrics(model) if state.is_main_process else None
+    if zero_shot is not None:
+        state.print(f"zero-shot accuracy on {len(held_out)} held-out examples: {zero_shot['accuracy']:.4f}")
+    # The curves start at round 0: the zero-shot score of the validation rows every evaluation uses.
+    evaluate = lambda m: task.evaluate(m, validation, batch_size=run.eval_batch_size)  # noqa: E731
+    validation_zero_shot = evaluate(model)["accuracy"] if state.is_main_process else None
+    labels = held_out[task.target] if task.target in held_out.column_names else []
     summary: dict[str, Any] = {"model": model_args.model_name_or_path, "dataset": data_args.source,
-                               "held_out_examples": len(held_out), "zero_shot_accuracy": zero_shot,
+                               "prompt": TaskSpec.from_task(task).to_dict(),
+                               "prompt_selection": selection.as_dict() if selection else None,
+                               "held_out_examples": len(held_out), "majority_rate": majority_rate(labels),
+                               "zero_shot_accuracy": zero_shot and zero_shot["accuracy"], "zero_shot": zero_shot,
                                "partition": partition, "methods": {}}
     run_info = {"model": model_args.model_name_or_path, "dataset": data_args.source, "task": data_args.task,
                 "peft": model_args.peft, "lora_r": model_args.lora_r}
@@ -101,7 +124,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         state.print(f"{method}: {config.num_clients} clients, {config.clients_per_round} per round"
                     + (f", until {budget / 1e12:.1f} forward TFLOPs" if budget else f", {config.rounds} rounds"))
         started = time.perf_counter()
-        evaluate = lambda m: task.evaluate(m, validation, batch_size=run.eval_batch_size)  # noqa: E731
         if method == "fedavg":
             result = simulate_fedavg(model, task_batch_loss(task), clients, config, client_lr=run.fedavg_lr,
                                      evaluate=evaluate, output_dir=output / method)
@@ -114,11 +136,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             # The adapter folder is what `hf-fedzo push` publishes: its card reads these two files.
             adapter, figures = output / method / "adapter", federation_figures(config, result) | {"method": method}
             model.save_pretrained(adapter)
-            accuracy = held_out_accuracy(model)
+            save_task(task, adapter, selection.as_dict() if selection else None)
+            metrics = held_out_metrics(model)
             write_json(adapter / "federation.json", figures)
-            write_json(adapter / "metrics.json", {"eval_accuracy": accuracy, "zero_shot_accuracy": zero_shot})
+            write_json(adapter / "metrics.json", {"eval_accuracy": metrics["accuracy"],
+                                                  "eval_balanced_accuracy": metrics["balanced_accuracy"],
+                                                  "zero_shot_accuracy": summary["zero_shot_accuracy"]})
             summary["methods"][method] = {
-                "held_out_accuracy": accuracy, "rounds": figures["rounds"], "forward_tflops": figures["forward_tflops"],
+                "held_out_accuracy": metrics["accuracy"], "held_out": metrics, "rounds": figures["rounds"],
+                "forward_tflops": figures["forward_tflops"],
                 "wall_time_s": seconds, "bytes_up_per_client_round": figures["uplink_bytes_per_client_round"],
                 "bytes_down_per_client_round": figures["downlink_bytes_per_client_round"],
                 "settings": {"lr": run.fedavg_lr, "optimizer": "adamw"} if method == "fedavg"
@@ -126,28 +152,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
             rounds = result.rounds
             evaluated = [r for r in rounds if "eval" in r]
-            curves[method] = ([r["cumulative_flops"] for r in evaluated], [r["eval"]["accuracy"] for r in evaluated])
+            curves[method] = ([0.0, *(r["cumulative_flops"] for r in evaluated)],
+                              [validation_zero_shot, *(r["eval"]["accuracy"] for r in evaluated)])
         state.wait_for_everyone()
 
     if state.is_main_process:
         summary["wall_time_s"] = time.perf_counter() - started_run
         write_json(output / "summary.json", summary)
-        plot_curves(output / "accuracy_vs_flops.png", curves, xlabel="cumulative forward FLOPs (all clients)",
-                    ylabel=f"validation accuracy ({len(validation)} examples)", title="equal forward-FLOP budget")
-        _print_summary(summary)
+        plot = plot_curves(output / "accuracy_vs_flops.png", curves, xlabel="cumulative forward FLOPs (all clients)",
+                           ylabel=f"accuracy on {len(validation)} validation examples",
+                           title=f"{data_args.source}: methods at an equal forward-FLOP budget", min_yspan=0.1,
+                           reference=[("zero-shot (same prompt)", validation_zero_shot),
+                                      ("majority class", majority_rate(validation[task.target]))])
+        print(f"\n{model_args.model_name_or_path} ({model_args.peft}) on {data_args.source}: "
+              f"{federation.num_clients} clients ({partition_name(federation)}), "
+              f"{federation.clients_per_round} per round")
+        print(f"prompt {task.template.text!r} with label words {list(task.label_words)}"
+              + (f", chosen on {selection.examples} {selection.split} rows" if selection else ""))
+        print(comparison_table(summary))
+        print(f"total wall time {summary['wall_time_s']:.0f} s (loading, evaluations and every method); "
+              f"validation curves: {plot}")
     return summary
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
-    print(f"\nheld-out accuracy on {summary['held_out_examples']} examples; zero-shot "
-          f"{summary['zero_shot_accuracy']:.4f}")
-    print(f"{'method':<9} {'accuracy':>8} {'rounds':>6} {'fwd TFLOPs':>10} {'up B/client':>11} "
-          f"{'down B/client':>13} {'wall s':>7}")
-    for method, m in summary["methods"].items():
-        print(f"{method:<9} {m['held_out_accuracy']:>8.4f} {m['rounds']:>6} {m['forward_tflops']:>10.2f} "
-              f"{m['bytes_up_per_client_round']:>11.0f} {m['bytes_down_per_client_round']:>13.0f} "
-              f"{m['wall_time_s']:>7.0f}")
-    print(f"total wall time {summary['wall_time_s']:.0f} s (loading, evaluations and every method)")
+def partition_name(config: FederationConfig) -> str:
+    return f"dirichlet alpha={config.dirichlet_alpha}" if config.partition == "dirichlet" else config.partition
 
 
 if __name__ == "__main__":

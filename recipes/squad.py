@@ -29,6 +29,7 @@ from hf_fedzo.runs import (
     DataArguments,
     MetricHistory,
     ModelArguments,
+    build_task,
     load_model,
     load_splits,
     load_tokenizer,
@@ -36,7 +37,7 @@ from hf_fedzo.runs import (
     run_recipe,
     write_run_outputs,
 )
-from hf_fedzo.tasks import get_preset, load_task
+from hf_fedzo.tasks import get_preset
 
 
 @dataclass
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # The tokenizer and the data come first: offline, each fails in a second with the flag to use instead.
     tokenizer = load_tokenizer(model_args, kind="causal")
-    task = load_task(data_args.task, tokenizer, max_new_tokens=gen_args.max_new_tokens, **data_args.task_kwargs)
+    task, _ = build_task(data_args, tokenizer, "causal", max_new_tokens=gen_args.max_new_tokens)
     with args.main_process_first(desc="load and tokenize the data"):
         raw = load_splits(data_args)
         train, validation = task.preprocess_dataset(raw["train"]), task.preprocess_dataset(raw["validation"])
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     trainer.save_model()  # full weights, or only the adapter with --peft; the tokenizer too
     return write_run_outputs(trainer, history, recipe="squad", metric="f1", wall_time_s=time.perf_counter() - started,
-                             arguments=(model_args, data_args, gen_args))
+                             arguments=(model_args, data_args, gen_args), task=task)
 
 
 if __name__ == "__main__":

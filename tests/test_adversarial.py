@@ -38,7 +38,7 @@ from hf_fedzo.trajectory import TrajectoryMismatchError, from_trajectory, load_t
 from tests.federation_setup import batch_loss, client_data, config, tiny_model
 from tests.test_recipes import load_recipe
 from tests.test_trainer import pattern_dataset
-from tests.tiny_models import build_bpe_tokenizer, llama
+from tests.tiny_models import build_bpe_tokenizer, llama, roberta_mlm
 
 REPO = Path(__file__).resolve().parents[1]
 _IGNORED = {".git", "__pycache__", ".pytest_cache", ".ruff_cache", ".venv", ".venv-flower"}
@@ -308,7 +308,9 @@ def _kill_after_round_2(record: dict[str, Any]) -> None:
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("adversarial_assets")
-    build_bpe_tokenizer().save_pretrained(root / "tokenizer")
+    build_bpe_tokenizer().save_pretrained(root / "tokenizer")  # with a tiny masked LM: the recipes load both
+    torch.manual_seed(0)
+    roberta_mlm().save_pretrained(root / "tokenizer")
     with pytest.raises(_Killed):  # a federation killed after round 2: its state file
         simulate_federation(tiny_model(), batch_loss, client_data(), config(rounds=4), output_dir=root / "fed",
                             on_round_end=_kill_after_round_2)

@@ -10,7 +10,7 @@ from hf_fedzo.data import DataError, load_local_files
 from hf_fedzo.runs import run_recipe
 from hf_fedzo.tasks import load_task
 from tests.test_recipes import load_recipe
-from tests.tiny_models import build_bpe_tokenizer
+from tests.tiny_models import build_bpe_tokenizer, roberta_mlm
 
 GOOD = "sentence,label\nit was great,1\nit was terrible,0\n"
 
@@ -62,6 +62,7 @@ def test_the_none_text_never_reaches_a_prompt() -> None:
 
 def test_recipe_prints_a_data_error_as_one_line_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     build_bpe_tokenizer().save_pretrained(tmp_path / "tok")
+    roberta_mlm().save_pretrained(tmp_path / "tok")  # the recipe loads the model before tokenizing the rows
     (tmp_path / "train.csv").write_text(GOOD + ",1\n")
     (tmp_path / "dev.csv").write_text(GOOD)
     argv = ["--output_dir", str(tmp_path / "out"), "--model_name_or_path", str(tmp_path / "tok"),

@@ -202,3 +202,23 @@ def test_nonfinite_losses_do_not_poison_the_update() -> None:
     estimator = ZOEstimator(model, ZOSettings(p1=1, p2=2, split="none"))
     e = estimator.estimate(loss_fn, 0)
     assert torch.isfinite(e.scalars).all() and e.extras["nonfinite_scalars"] == 1
+
+
+def test_frozen_prefix_runs_block1_once_and_gives_the_same_scalars() -> None:
+    """LoRA on the top layers only: nothing before the split is perturbed, so one block-1 forward serves every
+    side and every block-1 direction, and the scalars are those of running the prefix each time."""
+    from peft import LoraConfig, get_peft_model
+
+    from tests.tiny_models import LAYERS, llama
+
+    torch.manual_seed(0)
+    top = LAYERS - 1
+    model = get_peft_model(llama(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False,
+                                               layers_to_transform=[top]))
+    batch = random_batch("llama")
+    split = ZOEstimator(model, ZOSettings(eps=1e-2, p1=2, p2=3, split=top)).estimate(
+        lambda: model(**batch).loss, step_seed=5)
+    full = ZOEstimator(model, ZOSettings(eps=1e-2, p1=2, p2=3, split="none")).estimate(
+        lambda: model(**batch).loss, step_seed=5)
+    assert split.forwards_block1 == 1 and split.forwards_block2 == 2 * 2 * 3
+    torch.testing.assert_close(split.scalars, full.scalars, rtol=1e-4, atol=1e-4)

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from hf_fedzo.runs import ModelUnavailableError
+from hf_fedzo.tasks import get_preset, load_task
 from tests.launch import launch_two_processes, offline_env
 from tests.tiny_models import build_bpe_tokenizer, llama, roberta_mlm
 
@@ -81,6 +82,10 @@ def check_outputs(out: Path, summary: dict[str, Any], metric: str) -> None:
     assert flos == sorted(flos) and flos[1] > 0
     assert (out / f"{metric}_vs_flops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert summary["final"] == written["final"]
+    # The run records its task alignment: a user scores the saved model with exactly this prompt.
+    spec, prompt = load_task(out), written["arguments"]["DataArguments"]["prompt"]
+    chosen = [c["template"] for c in spec.selection["candidates"]] if prompt == "auto" else [prompt]
+    assert spec.template in (chosen if prompt else [get_preset(spec.name).template.text])
 
 
 def test_roberta_sst2_full_weights(assets: dict[str, Path], tmp_path: Path) -> None:
@@ -110,8 +115,12 @@ def test_causal_lm_qlora(assets: dict[str, Path], tmp_path: Path) -> None:
     summary = load_recipe("causal_lm").main([
         "--output_dir", str(out), "--model_name_or_path", str(assets["llama64"]), "--train_file",
         str(assets["train"]), "--validation_file", str(assets["dev"]), "--max_length", "48", "--peft", "qlora",
-        "--lora_target_modules", "q_proj", "v_proj", "--columns", "sentence=sentence", *FAST])
+        "--lora_target_modules", "q_proj", "v_proj", "--columns", "sentence=sentence", "--prompt", "auto",
+        "--prompt_examples", "4", *FAST])
     check_outputs(out, summary, "accuracy")
+    # --prompt auto chose on training rows (the validation split reports the result) and saved its table.
+    selection = load_task(out).selection
+    assert selection["split"] == "train" and selection["examples"] == 4 and len(selection["candidates"]) >= 10
     assert summary["loaded_in_4bit"] and 0 < summary["trainable_parameters"] < 10_000  # the adapters only
     assert (out / "adapter_model.safetensors").exists()
     assert json.loads((out / "adapter_config.json").read_text())["target_modules"] in (["q_proj", "v_proj"],
@@ -177,7 +186,8 @@ def test_federated_compares_methods_at_equal_flops(assets: dict[str, Path], tmp_
         "--output_dir", str(out), "--model_name_or_path", str(assets["llama"]), "--train_file", str(assets["train"]),
         "--validation_file", str(assets["dev"]), "--num_clients", "3", "--clients_per_round", "2", "--rounds", "2",
         "--batch_size", "2", "--partition", "iid", "--eval_every", "1", "--zo_p2", "2", "--threads", "1",
-        "--compare_with", "mezo", "fedavg"])
+        "--compare_with", "mezo", "fedavg", "--prompt", "Review: {sentence}\\nSentiment:{label}", "--label_words",
+        " bad", " good"])
     assert summary["zero_shot_accuracy"] is not None and summary["held_out_examples"] == 4
     fedspzo, mezo = summary["methods"]["fedspzo"], summary["methods"]["mezo"]
     assert fedspzo["rounds"] == 2 and fedspzo["settings"]["p2"] == 2 and mezo["settings"]["p2"] == 1
@@ -191,6 +201,12 @@ def test_federated_compares_methods_at_equal_flops(assets: dict[str, Path], tmp_
     for path in ("accuracy_vs_flops.png", "fedspzo/federation_results.json", "mezo/accuracy_vs_bytes.png",
                  "fedspzo/adapter/adapter_config.json"):
         assert (out / path).is_file(), path
+    for method in ("fedspzo", "mezo", "fedavg"):  # each shared adapter carries the prompt it was trained with
+        spec = load_task(out / method / "adapter")
+        assert spec.template == "Review: {sentence}\nSentiment:{label}" and spec.label_words == (" bad", " good")
+    held_out = summary["methods"]["fedspzo"]["held_out"]
+    assert held_out["prediction_rate_0"] + held_out["prediction_rate_1"] == pytest.approx(1.0)
+    assert summary["majority_rate"] == 0.5 and summary["prompt_selection"] is None
 
 
 def test_bad_flags_end_in_one_error_line_naming_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

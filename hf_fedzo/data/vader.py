@@ -278,7 +278,7 @@ def load_vader(
         columns["domain"] = Value("string")
     features = Features(columns)
 
-    def to_dataset(rows: list[VaderRecord]) -> Dataset:
+    def to_dataset(split: str, rows: list[VaderRecord]) -> Dataset:
         data: dict[str, list[object]] = {
             "id": [r.id for r in rows],
             "sentence": [r.sentence for r in rows],
@@ -287,9 +287,9 @@ def load_vader(
         }
         if with_domain:
             data["domain"] = [r.domain for r in rows]
-        return Dataset.from_dict(data, features=features)
+        return Dataset.from_dict(data, features=features, split=split)
 
-    return DatasetDict({split: to_dataset(rows) for split, rows in per_split.items()})
+    return DatasetDict({split: to_dataset(split, rows) for split, rows in per_split.items()})
 
 
 def split_fingerprint(dataset_dict: DatasetDict) -> str:

@@ -10,8 +10,10 @@ from hf_fedzo.engine.perturbation import (
 )
 from hf_fedzo.engine.seeds import SeedScope, direction_seed, mix_seed
 from hf_fedzo.engine.split import SplitPlan, UnsupportedModelError, find_layer_stack, trainable_parameters
+from hf_fedzo.engine.stability import DEFAULT_WINDOW, clip_scalars, clip_threshold, recent_scalars
 
 __all__ = [
+    "DEFAULT_WINDOW",
     "PERTURBATIONS",
     "DirectionApplier",
     "DivergenceError",
@@ -25,9 +27,12 @@ __all__ = [
     "ZOSettings",
     "ZOUpdate",
     "apply_updates",
+    "clip_scalars",
+    "clip_threshold",
     "direction_seed",
     "find_layer_stack",
     "mix_seed",
+    "recent_scalars",
     "register_perturbation",
     "trainable_parameters",
 ]

@@ -164,9 +164,12 @@ class ZOEstimator:
         try:
             if s.difference == "forward":
                 baseline = block2(block1())
+            # Nothing trainable before the split (e.g. LoRA on the top layers only): block 1 is the same at
+            # every "perturbation", so one forward serves every side and every block-1 direction.
+            frozen_prefix = executor is not None and not plan.block1
             for i, j, side in self._walk(plan, step_seed):
                 if j is None:
-                    cached[side] = block1()
+                    cached[side] = next(iter(cached.values())) if frozen_prefix and cached else block1()
                 else:
                     losses[i, j, sides.index(side)] = block2(cached[side])
         finally:

@@ -8,6 +8,7 @@ recorded since the last step (gradient-accumulation micro-batches are averaged) 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 
 from hf_fedzo.engine.estimator import ZOEstimate, ZOEstimator
+from hf_fedzo.engine.stability import DEFAULT_WINDOW, clip_scalars, clip_threshold, recent_scalars
 
 
 @dataclass(frozen=True)
@@ -68,15 +70,25 @@ def apply_updates(estimator: ZOEstimator, updates: Iterable[ZOUpdate], retrace: 
 
 
 class ZOOptimizer(torch.optim.Optimizer):
-    """Applies ZO estimates in ``step()``; holds no per-parameter state (memory stays at inference level)."""
+    """Applies ZO estimates in ``step()``; holds no per-parameter state (memory stays at inference level).
+
+    ``clip_factor > 0`` clips every scalar to ± that many times the RMS of the last applied ones
+    (``hf_fedzo.engine.stability``); the history records the clipped values, so replays need nothing else.
+    """
 
     def __init__(self, params: Iterable[Any], estimator: ZOEstimator, lr: float = 1e-6, weight_decay: float = 0.0,
-                 keep_history: bool = True) -> None:
+                 keep_history: bool = True, clip_factor: float = 0.0) -> None:
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
         if len(self.param_groups) != 1:
             raise ValueError("ZOOptimizer takes one parameter group: a direction spans every trainable tensor")
+        if clip_factor < 0 or not math.isfinite(clip_factor):
+            raise ValueError(f"clip_factor must be a finite number >= 0 (got {clip_factor})")
+        if clip_factor and not keep_history:
+            raise ValueError("clip_factor needs keep_history=True: the clipping threshold comes from the history")
         self.estimator = estimator
         self.keep_history = keep_history
+        self.clip_factor = clip_factor
+        self.clipped_scalars = 0  # scalars cut by clipping so far (the trainer logs it)
         self.pending: list[ZOEstimate] = []
         self.history: list[ZOUpdate] = []
         # What the history starts from (e.g. an adapter's random initial values): saved with the history so a
@@ -92,6 +104,12 @@ class ZOOptimizer(torch.optim.Optimizer):
         if not self.pending:
             return loss
         group = self.param_groups[0]
+        if self.clip_factor > 0:
+            threshold = clip_threshold(recent_scalars([u.scalars for u in self.history[-DEFAULT_WINDOW:]]),
+                                       self.clip_factor)
+            for estimate in self.pending:
+                estimate.scalars, count = clip_scalars(estimate.scalars, threshold)
+                self.clipped_scalars += count
         update = ZOUpdate.from_estimates(self.pending, group["lr"], group["weight_decay"])
         self.estimator.apply_update(update.pairs(), update.lr, update.weight_decay)
         self.pending.clear()

@@ -41,6 +41,9 @@ class FederationConfig:
     zo_split: str = field(default="0.9", metadata={
         "help": "where block 1 ends: a fraction of the layers (default 0.9, from the split-placement sweep), "
                 "a layer index, 'auto' (C1 = P2*C2) or 'none'"})
+    zo_clip: float = field(default=0.0, metadata={
+        "help": "server-side step control: clip each aggregated scalar to ± zo_clip × the RMS of the last 64 logged "
+                "ones before it enters the log (e.g. 3; 0: off)"})
     zo_perturbation: str = field(default="gaussian", metadata={"help": "gaussian or rademacher directions"})
     zo_difference: str = field(default="central", metadata={"help": "central or forward differences"})
     per_client_seeds: bool = field(default=False, metadata={
@@ -86,6 +89,8 @@ class FederationConfig:
             raise ValueError(f"dropout must be in [0, 1) (got {self.dropout})")
         if self.partition not in PARTITIONERS:
             raise ValueError(f"partition must be one of {sorted(PARTITIONERS)} (got {self.partition!r})")
+        if not (self.zo_clip >= 0 and math.isfinite(self.zo_clip)):
+            raise ValueError(f"zo_clip must be a finite number >= 0 (got {self.zo_clip})")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0 (got {self.eval_every})")
         check_aggregation(self.aggregation, self.weighting, self.trim_fraction, not self.per_client_seeds)

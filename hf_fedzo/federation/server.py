@@ -6,6 +6,7 @@ of a simulation — reaches the global weights by replaying the same log with th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -13,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
-from hf_fedzo.engine import mix_seed
+from hf_fedzo.engine import DEFAULT_WINDOW, clip_scalars, clip_threshold, mix_seed, recent_scalars
 from hf_fedzo.federation.aggregation import aggregate_round, screen_reports
 from hf_fedzo.federation.config import FederationConfig
 from hf_fedzo.federation.protocol import (
@@ -59,6 +61,7 @@ class FederatedServer:
         self.synced: dict[int, int] = {}  # client id → last round it replayed through
         self.current: RoundState | None = None
         self.clipped: dict[int, str] = {}  # what screening did to the last finished round's reports, per client
+        self.clipped_scalars = 0  # aggregated scalars cut by --zo_clip so far
 
     # ---------------------------------------------------------------------------------------- rounds
     def sample_clients(self, round_id: int) -> list[int]:
@@ -153,10 +156,24 @@ class FederatedServer:
                                   shared_seeds=not self.config.per_client_seeds,
                                   aggregation=self.config.aggregation, weighting=self.config.weighting,
                                   trim_fraction=self.config.trim_fraction, max_weight_ratio=weight_ratio)
+        if self.config.zo_clip:
+            records = [self._clipped(record) for record in records]
         self.log.extend(records)
         self.completed_round = state.round
         self.current = None
         return records
+
+    def _clipped(self, record: LogRecord) -> LogRecord:
+        """``record`` with its scalars clipped against the log so far (the threshold is a function of the log,
+        so a resumed server clips exactly as the first one did)."""
+        threshold = clip_threshold(recent_scalars(r.update.scalars for r in self.log[-DEFAULT_WINDOW:]),
+                                   self.config.zo_clip)
+        if threshold is None:
+            return record
+        scalars, count = clip_scalars(torch.tensor(record.update.scalars, dtype=torch.float32), threshold)
+        self.clipped_scalars += count
+        nested = tuple(tuple(tuple(row) for row in matrix) for matrix in scalars.tolist())
+        return dataclasses.replace(record, update=dataclasses.replace(record.update, scalars=nested))
 
     def _state(self) -> RoundState:
         if self.current is None:

@@ -8,13 +8,16 @@ from hf_fedzo.runs.cli import DataArguments, ModelArguments, recipe_parser, run_
 from hf_fedzo.runs.data import load_splits
 from hf_fedzo.runs.history import MetricHistory
 from hf_fedzo.runs.models import ModelUnavailableError, load_model, load_tokenizer
-from hf_fedzo.runs.outputs import write_run_outputs
+from hf_fedzo.runs.outputs import comparison_table, write_run_outputs
+from hf_fedzo.runs.task import build_task
 
 __all__ = [
     "DataArguments",
     "MetricHistory",
     "ModelArguments",
     "ModelUnavailableError",
+    "build_task",
+    "comparison_table",
     "load_model",
     "load_splits",
     "load_tokenizer",

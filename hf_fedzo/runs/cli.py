@@ -81,6 +81,30 @@ class DataArguments:
         default=None,
         metadata={"help": "Map the task's field names to your columns, e.g. sentence=text label=stars."},
     )
+    prompt: str | None = field(
+        default=None,
+        metadata={"help": "'auto': score the task's candidate prompts (templates x label words, raw and calibrated) "
+                  "zero-shot on --prompt_examples validation rows and keep the best; or a literal template with "
+                  "one {label} slot, e.g. 'Review: {sentence}\\nSentiment:{label}'. Default: the --task preset's."},
+    )
+    label_words: list[str] | None = field(
+        default=None,
+        metadata={"help": "Label words replacing the preset's, one per class in label order, each with its leading "
+                  "space (e.g. ' negative' ' positive'). Not with --prompt auto, which chooses them."},
+    )
+    prompt_examples: int = field(
+        default=256, metadata={"help": "Validation rows --prompt auto scores each candidate on."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.prompt is not None and self.prompt != "auto" and "{label}" not in self.prompt:
+            raise ValueError(f"--prompt must be 'auto' or a template with one {{label}} slot, got {self.prompt!r}")
+        if self.prompt == "auto" and self.label_words:
+            raise ValueError("--label_words: --prompt auto chooses the label words; drop one of the two flags")
+        if self.prompt_examples < 1:
+            raise ValueError(f"--prompt_examples must be >= 1, got {self.prompt_examples}")
+        if self.prompt is not None and self.prompt != "auto":
+            self.prompt = self.prompt.replace("\\n", "\n")  # a shell passes the two characters \n
 
     @property
     def source(self) -> str:

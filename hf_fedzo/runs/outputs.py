@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +12,7 @@ from transformers import Trainer
 
 from hf_fedzo.reporting import plot_curves, write_json
 from hf_fedzo.runs.history import MetricHistory
+from hf_fedzo.tasks import PromptSelection, save_task
 from hf_fedzo.trainer import ZOSplitTrainer
 
 METRICS_FILE = "metrics.json"
@@ -20,7 +23,8 @@ _TRAINING_KEYS = ("learning_rate", "lr_scheduler_type", "weight_decay", "max_ste
 
 
 def write_run_outputs(trainer: Trainer, history: MetricHistory, *, recipe: str, metric: str, wall_time_s: float,
-                      arguments: tuple[Any, ...] = ()) -> dict[str, Any]:
+                      arguments: tuple[Any, ...] = (), task: Any = None,
+                      prompt_selection: PromptSelection | None = None) -> dict[str, Any]:
     """Summarize the run, and on the main process write it as JSON plus a metric-vs-FLOPs plot.
 
     Args:
@@ -30,6 +34,8 @@ def write_run_outputs(trainer: Trainer, history: MetricHistory, *, recipe: str, 
         metric: the plotted metric without `eval_` prefix (`accuracy`, `f1`).
         wall_time_s: wall time of the whole run, loading and evaluations included.
         arguments: the recipe's argument dataclasses (besides the training arguments), recorded as given.
+        task: the task trained on; its alignment is saved as `task.json` beside the weights (see
+            `hf_fedzo.tasks.load_task`), with `prompt_selection` when --prompt auto chose it.
 
     Returns:
         The summary written to `metrics.json` (returned on every process).
@@ -65,6 +71,8 @@ def write_run_outputs(trainer: Trainer, history: MetricHistory, *, recipe: str, 
     if trainer.is_world_process_zero():
         output_dir = Path(args.output_dir)
         write_json(output_dir / METRICS_FILE, summary)
+        if task is not None:
+            save_task(task, output_dir, prompt_selection.as_dict() if prompt_selection else None)
         xlabel = "cumulative forward FLOPs" if zero_order else "cumulative training FLOPs (estimate)"
         label = "zeroth-order" if zero_order else "first-order (Trainer)"
         plot_curves(output_dir / f"{metric}_vs_flops.png", {label: history.curve(key)}, xlabel=xlabel,
@@ -77,3 +85,35 @@ def _length(dataset: Any) -> int | None:
         return len(dataset)
     except TypeError:
         return None
+
+
+def comparison_table(summary: Mapping[str, Any]) -> str:
+    """What a federated recipe prints last: every method's held-out accuracy beside zero-shot and the majority
+    rate, with its standard error, balanced accuracy, per-class prediction rates, compute, bytes and time.
+
+    A method that gives one class to 95% or more of the held-out examples is flagged: that is a collapse, and
+    its accuracy is the class frequency, not something it learned.
+    """
+    n = summary["held_out_examples"]
+    rows = [("zero-shot", summary["zero_shot"], None), *((name, m["held_out"], m)
+                                                        for name, m in summary["methods"].items())]
+    lines = [f"held-out split: {n} examples (standard error of an accuracy near 0.85: ±{_stderr(0.85, n):.3f}); "
+             f"always answering the majority class scores {summary['majority_rate']:.4f}",
+             f"{'':<10} {'accuracy':>8} {'± SE':>6} {'balanced':>8} {'predicted classes':>17} {'rounds':>6} "
+             f"{'fwd TFLOPs':>10} {'up B/client':>11} {'down B/client':>13} {'wall s':>7}"]
+    warnings = []
+    for name, metrics, method in rows:
+        rates = [v for k, v in metrics.items() if k.startswith("prediction_rate_")]
+        extra = ("" if method is None else f" {method['rounds']:>6} {method['forward_tflops']:>10.2f} "
+                 f"{method['bytes_up_per_client_round']:>11.0f} {method['bytes_down_per_client_round']:>13.0f} "
+                 f"{method['wall_time_s']:>7.0f}")
+        lines.append(f"{name:<10} {metrics['accuracy']:>8.4f} {_stderr(metrics['accuracy'], n):>6.3f} "
+                     f"{metrics['balanced_accuracy']:>8.4f} {' / '.join(f'{r:.2f}' for r in rates):>17}{extra}")
+        if rates and max(rates) >= 0.95:
+            warnings.append(f"warning: {name} predicts class {rates.index(max(rates))} for {max(rates):.0%} of the "
+                            "examples: a collapse, not a score")
+    return "\n".join(lines + warnings)
+
+
+def _stderr(accuracy: float, n: int) -> float:
+    return math.sqrt(max(accuracy * (1 - accuracy), 0.0) / max(n, 1))

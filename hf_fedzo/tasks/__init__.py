@@ -7,14 +7,20 @@ scored by a masked or causal LM) or a free-text target (generation). Each task o
 
     task = load_task("sst2", tokenizer, model_kind="causal")
     trainer = Trainer(model, args, train_dataset=task.preprocess_dataset(raw), **task.trainer_kwargs())
+
+A run saves its alignment as `task.json` (`save_task`); `load_task(run_dir_or_repo)` reads it back, and
+`select_prompt` chooses the template and label words from validation data (`--prompt auto` in the recipes).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from hf_fedzo.tasks.alignment import TASK_FILE, TaskFileError, TaskSpec, save_task
 from hf_fedzo.tasks.base import IGNORE_INDEX, ModelKind, infer_model_kind
 from hf_fedzo.tasks.classification import (
     SCORERS,
@@ -22,7 +28,9 @@ from hf_fedzo.tasks.classification import (
     LabelWordScorer,
     LabelWordTask,
     MaskedLMScorer,
+    classification_metrics,
     label_word_ids,
+    majority_rate,
 )
 from hf_fedzo.tasks.collator import (
     CausalGenerationCollator,
@@ -31,6 +39,13 @@ from hf_fedzo.tasks.collator import (
     pad_sequences,
 )
 from hf_fedzo.tasks.generation import GenerationTask, gold_answers
+from hf_fedzo.tasks.selection import (
+    PromptCandidate,
+    PromptSelection,
+    prompt_candidates,
+    register_prompt_candidates,
+    select_prompt,
+)
 from hf_fedzo.tasks.templates import (
     LABEL_SLOT,
     EncodedPrompt,
@@ -50,14 +65,32 @@ TASK_CLASSES: dict[TaskType, type[LabelWordTask] | type[GenerationTask]] = {
 
 
 def load_task(
-    name: str, tokenizer: PreTrainedTokenizerBase, model_kind: ModelKind = "causal", **overrides: Any
-) -> LabelWordTask | GenerationTask:
-    """The task object for a registered preset (`sst2`, `rte`, `boolq`, `wic`, `squad`, or your own).
+    name_or_path: str | os.PathLike[str],
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    model_kind: ModelKind = "causal",
+    **overrides: Any,
+) -> LabelWordTask | GenerationTask | TaskSpec:
+    """A task from a registered preset, or the alignment a run saved.
 
-    Keyword arguments go to the task constructor, e.g. `columns={"sentence": "text"}` or `max_length=128`.
+    * A preset name (`sst2`, `rte`, `boolq`, `wic`, `squad`, or your own) with the model's `tokenizer`: the
+      task object. Keyword arguments go to its constructor, e.g. `columns={"sentence": "text"}`.
+    * A run folder, a `task.json` file or a Hub repo id holding `task.json`: its `TaskSpec`, whose
+      `.accuracy(model, tokenizer, texts, labels)` scores any texts exactly as the run was trained; with
+      `tokenizer`, the task object built from it.
     """
-    preset = get_preset(name)
-    return TASK_CLASSES[preset.task_type].from_preset(name, tokenizer, model_kind=model_kind, **overrides)
+    name = os.fspath(name_or_path)
+    if name in list_presets():
+        if tokenizer is None:
+            raise ValueError(f"tokenizer: preset {name!r} needs the model's tokenizer to build its task")
+        preset = get_preset(name)
+        return TASK_CLASSES[preset.task_type].from_preset(name, tokenizer, model_kind=model_kind, **overrides)
+    if "/" not in name and not Path(name).exists():
+        get_preset(name)  # raises the unknown-preset error, which lists the presets
+    if overrides:
+        raise ValueError(f"{sorted(overrides)}: a saved task alignment is loaded as recorded; build it with "
+                         "`TaskSpec.load(...)` and change the spec instead")
+    spec = TaskSpec.load(name)
+    return spec if tokenizer is None else spec.build(tokenizer)
 
 
 __all__ = [
@@ -65,6 +98,7 @@ __all__ = [
     "LABEL_SLOT",
     "SCORERS",
     "TASK_CLASSES",
+    "TASK_FILE",
     "CausalGenerationCollator",
     "CausalLMScorer",
     "CausalLabelWordCollator",
@@ -75,15 +109,25 @@ __all__ = [
     "MaskedLMCollator",
     "MaskedLMScorer",
     "ModelKind",
+    "PromptCandidate",
+    "PromptSelection",
     "PromptTemplate",
+    "TaskFileError",
     "TaskPreset",
+    "TaskSpec",
+    "classification_metrics",
     "get_preset",
     "gold_answers",
     "infer_model_kind",
     "label_word_ids",
     "list_presets",
     "load_task",
+    "majority_rate",
     "pad_sequences",
+    "prompt_candidates",
     "register_preset",
+    "register_prompt_candidates",
+    "save_task",
+    "select_prompt",
     "special_tokens_around",
 ]

@@ -183,8 +183,18 @@ class CausalLMScorer(LabelWordScorer):
 SCORERS: dict[str, type[LabelWordScorer]] = {cls.model_kind: cls for cls in (MaskedLMScorer, CausalLMScorer)}
 
 
-def classification_metrics(predictions: np.ndarray, references: np.ndarray) -> dict[str, float]:
-    """Accuracy and macro-F1 through the packaged `evaluate` modules."""
+def classification_metrics(
+    predictions: np.ndarray, references: np.ndarray, num_classes: int | None = None
+) -> dict[str, float]:
+    """Accuracy and macro-F1 (the packaged `evaluate` modules), balanced accuracy and per-class prediction rates.
+
+    Accuracy alone hides a collapse: a model that always answers the majority class scores the majority rate.
+    Balanced accuracy (the mean per-class recall) is 1/C for any constant classifier, and
+    `prediction_rate_<k>` (the share of predictions that are class k) shows the collapse directly.
+    """
+    predictions, references = np.asarray(predictions), np.asarray(references)
+    num_classes = num_classes or int(max(predictions.max(initial=0), references.max(initial=0))) + 1
+    recalls = [float((predictions[references == k] == k).mean()) for k in range(num_classes) if (references == k).any()]
     return {
         "accuracy": cached_metric("accuracy").compute(predictions=predictions, references=references)[
             "accuracy"
@@ -192,7 +202,15 @@ def classification_metrics(predictions: np.ndarray, references: np.ndarray) -> d
         "f1": cached_metric("f1").compute(predictions=predictions, references=references, average="macro")[
             "f1"
         ],
+        "balanced_accuracy": float(np.mean(recalls)) if recalls else float("nan"),
+        **{f"prediction_rate_{k}": float((predictions == k).mean()) for k in range(num_classes)},
     }
+
+
+def majority_rate(labels: Sequence[int]) -> float | None:
+    """The accuracy of always answering the most frequent class (`None` without labels): the floor to beat."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64)) if len(labels) else None
+    return None if counts is None else float(counts.max() / counts.sum())
 
 
 @dataclass(eq=False)  # identity semantics: tasks hold tokenizers and are used as hooks
@@ -225,6 +243,9 @@ class LabelWordTask(InferenceMixin):
         logits_to_keep, position_ids: collator options for causal LMs whose forward lacks those kwargs.
         pad_to_multiple_of: pad batch length to a multiple of this.
         name: free-form task name (set by `from_preset`).
+        score_bias: one number per class added to the class log-probabilities before the loss and the
+            prediction: contextual calibration (Zhao et al., 2021) stores minus the scores of content-free
+            inputs here (see `hf_fedzo.tasks.selection`). `None`: no calibration.
     """
 
     tokenizer: PreTrainedTokenizerBase = field(repr=False)
@@ -239,6 +260,7 @@ class LabelWordTask(InferenceMixin):
     position_ids: bool = True
     pad_to_multiple_of: int | None = None
     name: str | None = None
+    score_bias: Sequence[float] | None = None
     scorer: LabelWordScorer = field(init=False, repr=False)
     collator: Any = field(init=False, repr=False)
 
@@ -249,6 +271,13 @@ class LabelWordTask(InferenceMixin):
             raise ValueError("`label_words` must be a sequence of words, not one string")
         self.label_words = tuple(self.label_words)
         self.scorer = SCORERS[self.model_kind](self.tokenizer, self.label_words)
+        if self.score_bias is not None:
+            bias = tuple(float(b) for b in self.score_bias)
+            if len(bias) != len(self.label_words) or not all(np.isfinite(bias)):
+                raise ValueError(
+                    f"`score_bias` needs one finite number per label word ({len(self.label_words)}), got {bias}"
+                )
+            self.score_bias = bias
         if self.template.has_suffix and not self.scorer.keeps_suffix:
             raise ValueError(
                 f"`template` {self.template.text!r} has text after {{{LABEL_SLOT}}}; a causal LM scores the "
@@ -354,8 +383,12 @@ class LabelWordTask(InferenceMixin):
     # --- Trainer hooks -------------------------------------------------------------------------------
 
     def scores(self, outputs: Any, labels: torch.Tensor) -> torch.Tensor:
-        """Per-class log-probabilities `(B, C)` from model outputs (or logits) and the batch `labels`."""
-        return self.scorer.scores(logits_from(outputs), labels)
+        """Per-class log-probabilities `(B, C)` from model outputs (or logits) and the batch `labels`, plus
+        `score_bias` when the task is calibrated."""
+        scores = self.scorer.scores(logits_from(outputs), labels)
+        if self.score_bias is not None:
+            scores = scores + torch.tensor(self.score_bias, dtype=scores.dtype, device=scores.device)
+        return scores
 
     def compute_loss(
         self, outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None
@@ -375,7 +408,9 @@ class LabelWordTask(InferenceMixin):
             eval_pred.predictions[0] if isinstance(eval_pred.predictions, tuple) else eval_pred.predictions
         )
         label_ids = eval_pred.label_ids[0] if isinstance(eval_pred.label_ids, tuple) else eval_pred.label_ids
-        return classification_metrics(np.asarray(predictions).argmax(-1), np.asarray(label_ids).max(-1))
+        return classification_metrics(
+            np.asarray(predictions).argmax(-1), np.asarray(label_ids).max(-1), self.num_classes
+        )
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """`Trainer(..., **task.trainer_kwargs())`: collator, loss, logits reduction and metrics."""
@@ -388,9 +423,10 @@ class LabelWordTask(InferenceMixin):
 
     # --- zero-shot / standalone evaluation -------------------------------------------------------------
 
-    def _scores_and_gold(
+    def scores_and_gold(
         self, model: PreTrainedModel | torch.nn.Module, data: Iterable[Mapping[str, Any]], batch_size: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class scores `(N, C)` and gold class indices `(N,)` for raw or preprocessed examples, in input order."""
         features = [row if "input_ids" in row else self.preprocess(row) for row in data]
         if not features:
             raise ValueError("`data` is empty")
@@ -399,7 +435,7 @@ class LabelWordTask(InferenceMixin):
         order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
         scores, gold = [], []
         for logits, labels in self._forward_batches(model, [features[i] for i in order], batch_size):
-            scores.append(self.scorer.scores(logits, labels).cpu())
+            scores.append(self.scores(logits, labels).cpu())
             gold.append(labels.amax(-1).cpu())
         inverse = torch.empty(len(order), dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(len(order))
@@ -412,7 +448,7 @@ class LabelWordTask(InferenceMixin):
         batch_size: int = 16,
     ) -> torch.Tensor:
         """Class log-probabilities `(N, C)` for raw or preprocessed examples, batched, without gradients."""
-        return self._scores_and_gold(model, data, batch_size)[0]
+        return self.scores_and_gold(model, data, batch_size)[0]
 
     def predict(
         self,
@@ -429,6 +465,7 @@ class LabelWordTask(InferenceMixin):
         data: Iterable[Mapping[str, Any]],
         batch_size: int = 16,
     ) -> dict[str, float]:
-        """Accuracy and macro-F1 of `model` on labeled examples (e.g. zero-shot, before fine-tuning)."""
-        scores, gold = self._scores_and_gold(model, data, batch_size)
-        return classification_metrics(scores.argmax(-1).numpy(), gold.numpy())
+        """Accuracy, macro-F1, balanced accuracy and per-class prediction rates of `model` on labeled examples
+        (e.g. zero-shot, before fine-tuning); see `classification_metrics`."""
+        scores, gold = self.scores_and_gold(model, data, batch_size)
+        return classification_metrics(scores.argmax(-1).numpy(), gold.numpy(), self.num_classes)
