@@ -129,6 +129,7 @@ class ZOSplitTrainer(Trainer):
         self._zo_totals = {"forwards_block1": 0, "forwards_block2": 0, "flops_block1": 0, "flops_block2": 0}
         self._zo_window: list[ZOEstimate] = []
         self._zo_flat_estimates = 0
+        self._zo_flat_since = 0
         self.add_callback(_DivergenceGuard(self))
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
@@ -209,11 +210,14 @@ class ZOSplitTrainer(Trainer):
     def _check_progress(self, estimate: ZOEstimate) -> None:
         """Refuse to go on when no direction has changed the loss for ``FLAT_ESTIMATES_LIMIT`` estimates."""
         self._zo_flat_estimates = self._zo_flat_estimates + 1 if not bool(estimate.scalars.any()) else 0
+        if self._zo_flat_estimates == 1:
+            self._zo_flat_since = self.state.global_step  # the update of this step left the loss unresponsive
         if self._zo_flat_estimates >= FLAT_ESTIMATES_LIMIT:
             raise DivergenceError(
                 f"step {self.state.global_step + 1}: no perturbation has changed the loss (now {estimate.loss:.6g}) "
-                f"for {self._zo_flat_estimates} consecutive estimates: the model is saturated or destroyed (no "
-                "checkpoint was saved since the loss went flat). Use a smaller "
+                f"for {self._zo_flat_estimates} consecutive estimates: the model is saturated or destroyed. No "
+                f"checkpoint was saved since; one saved at step {self._zo_flat_since} already holds these weights, "
+                "resume from an earlier one. Use a smaller "
                 f"--learning_rate (now {self.args.learning_rate}); if the loss is still sensible, a larger --zo_eps "
                 f"(now {self.args.zo_eps}).")
 
