@@ -108,7 +108,11 @@ class ZOConfig(TrainingArguments):
                              f"{sorted(PERTURBATIONS)}")
         if not (self.zo_clip >= 0 and math.isfinite(self.zo_clip)):
             raise ValueError(f"zo_clip must be a finite number >= 0 (got {self.zo_clip})")
-        _ = self.zo_settings  # validates eps, P1, P2 and the difference scheme with flag-named errors
+        for name in ("learning_rate", "weight_decay"):  # NaN passes every range check and trains an all-NaN model
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number (got {getattr(self, name)})")
+        for message in self.zo_settings.sanity_warnings():  # also validates eps, P1, P2 and the difference scheme
+            warnings.warn(message, stacklevel=2)
         super().__post_init__()
 
     @property

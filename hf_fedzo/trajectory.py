@@ -13,7 +13,11 @@ should check:
 * the trainable-parameter names, shapes and dtypes in random-stream order, the device type the run
   used (CPU and CUDA generators give different z for one seed), and library versions;
 * the log itself: per optimizer step the micro-batch seeds, the P1×P2 scalars, lr and weight decay;
-* a sha256 of the final trainable tensors, which a replay must reproduce.
+* a sha256 of the final trainable tensors, which a replay must reproduce;
+* a fingerprint of the frozen base (its config and a few fixed slices of every other tensor: cheap, and
+  enough to tell a different checkpoint of the same architecture), and a sha256 of the log and settings,
+  so a failed replay says which check failed: another base, an edited log, or another device/random
+  stream. Verification needs both fingerprints: a file without them is refused unless ``verify=False``.
 
 Why the adapter's initial values are stored rather than its init seed: PEFT draws ``lora_A`` from the
 *global* torch RNG inside ``get_peft_model``, so its values depend on everything that consumed that RNG
@@ -47,6 +51,8 @@ from torch import nn
 from hf_fedzo.engine.optimizer import ZOUpdate, apply_updates
 from hf_fedzo.engine.perturbation import CHUNK_NUMEL, IndexedParameter
 from hf_fedzo.engine.split import SplitPlan, trainable_parameters
+from hf_fedzo.fingerprints import base_fingerprint, log_digest
+from hf_fedzo.redaction import redact_argv, redact_command, redact_mapping
 from hf_fedzo.reporting import write_atomic
 
 if TYPE_CHECKING:
@@ -69,7 +75,7 @@ logger = logging.getLogger(__name__)
 
 TRAJECTORY_NAME = "zo_trajectory.json"
 FORMAT = "hf_fedzo.zo_trajectory"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: base_fingerprint and log_digest
 SEED_DERIVATION = (
     "step_seed = mix_seed(base, round, client, global_step, micro_batch); "
     "direction = mix_seed(step_seed, block, i, j); chunk = mix_seed(direction, parameter_index, chunk_index)"
@@ -141,6 +147,8 @@ class Trajectory:
     initial_adapter: dict[str, dict[str, Any]] | None = None  # name -> encoded tensor
     initial_fingerprint: str | None = None
     final_fingerprint: str | None = None
+    base_fingerprint: str | None = None
+    log_digest: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
 
@@ -191,6 +199,7 @@ class Trajectory:
         name_or_path = getattr(config, "_name_or_path", None) or None
         params = estimator.plan.parameters
         start = optimizer.trajectory_start
+        settings, plan = asdict(estimator.settings), _plan_dict(estimator.plan)
         peft_config = adapter_name = None
         if hasattr(model, "peft_config"):
             adapter_name = getattr(model, "active_adapter", None) or "default"
@@ -198,8 +207,8 @@ class Trajectory:
         args = trainer.args
         scope = trainer.seed_scope
         return cls(
-            settings=asdict(estimator.settings),
-            plan=_plan_dict(estimator.plan),
+            settings=settings,
+            plan=plan,
             parameters=[{"name": p.name, "shape": list(p.tensor.shape), "dtype": _dtype_name(p.tensor.dtype),
                          "decay": p.decay} for p in params],
             updates=list(optimizer.history),
@@ -215,14 +224,17 @@ class Trajectory:
             initial_adapter=start.get("initial_adapter"),
             initial_fingerprint=start.get("initial_fingerprint"),
             final_fingerprint=fingerprint((p.name, p.tensor) for p in params),
+            base_fingerprint=start.get("base_fingerprint"),
+            log_digest=log_digest(settings, plan, optimizer.history),
             versions=_versions(__version__),
             run={
                 "global_step": trainer.state.global_step,
                 "totals": dict(getattr(trainer, "_zo_totals", {})),
                 "learning_rate": args.learning_rate,
                 "weight_decay": args.weight_decay,
-                "command": command if command is not None else current_command(),
-                "training_args": json.loads(json.dumps(args.to_dict(), default=str)),
+                # Never record a secret: a recipe launched with --hub_token would otherwise publish it.
+                "command": redact_command(command if command is not None else current_command()),
+                "training_args": redact_mapping(json.loads(json.dumps(args.to_dict(), default=str))),
             },
         )
 
@@ -257,7 +269,8 @@ def _versions(hf_fedzo_version: str) -> dict[str, str]:
 
 
 def current_command() -> str:
-    """This process's command line as one would type it again (``python train.py …``, ``python -m pkg …``)."""
+    """This process's command line as one would type it again (``python train.py …``, ``python -m pkg …``),
+    with secrets (``--hub_token``, token-shaped values) redacted."""
     script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
     if script.name == "__main__.py":
         head = ["python", "-m", script.parent.name]
@@ -265,7 +278,7 @@ def current_command() -> str:
         head = ["python", str(script)]
     else:
         head = [script.name]
-    return shlex.join([*head, *sys.argv[1:]])
+    return shlex.join([*head, *redact_argv(sys.argv[1:])])
 
 
 def capture_start(model: nn.Module) -> dict[str, Any]:
@@ -275,7 +288,8 @@ def capture_start(model: nn.Module) -> dict[str, Any]:
     checkpoint on the Hub holds (a full-weight run starts from the base model itself).
     """
     params = trainable_parameters(model)
-    start: dict[str, Any] = {"initial_fingerprint": fingerprint((p.name, p.tensor) for p in params)}
+    start: dict[str, Any] = {"initial_fingerprint": fingerprint((p.name, p.tensor) for p in params),
+                             "base_fingerprint": base_fingerprint(model, (p.name for p in params))}
     if hasattr(model, "peft_config"):
         start["initial_adapter"] = {p.name: _encode_tensor(p.tensor) for p in params}
     return start
@@ -319,11 +333,15 @@ def from_trajectory(model_or_path: nn.Module | str | os.PathLike[str] | None,
     applied in place. Returns the model, fine-tuned.
 
     The replay must run on the recorded device type: CPU and CUDA generators draw different z for the
-    same seed. With ``verify`` (default) the starting and final trainable tensors are checked against
-    the recorded sha256 and a :class:`TrajectoryMismatchError` says which one differs.
+    same seed. With ``verify`` (default) the log digest, the base fingerprint and the starting and final
+    trainable tensors are checked, and a :class:`TrajectoryMismatchError` says which check failed; a
+    trajectory without its fingerprints is refused (pass ``verify=False`` to replay it unchecked). When
+    a check fails, a model passed in is left as it was (values, trainable flags, no adapter added).
     """
     if not isinstance(trajectory, Trajectory):
         trajectory = load_trajectory(trajectory)
+    if verify:
+        _check_record(trajectory)
     _check_environment(trajectory)
     model = _load_base(model_or_path, trajectory, dtype, device, from_pretrained_kwargs)
     device_type = next(model.parameters()).device.type
@@ -333,26 +351,62 @@ def from_trajectory(model_or_path: nn.Module | str | os.PathLike[str] | None,
             f"draw different z for one seed, so the replay must run on {trajectory.device_type!r} (pass "
             f"device={trajectory.device_type!r} or move the model there)"
         )
-    if trajectory.is_peft and not hasattr(model, "peft_config"):
-        from peft import get_peft_config, get_peft_model
-
-        model = get_peft_model(model, get_peft_config(dict(trajectory.peft_config or {})),
-                               adapter_name=trajectory.adapter_name or "default")
     recorded = set(trajectory.parameter_names)
-    for name, tensor in model.named_parameters():
-        tensor.requires_grad_(name in recorded)
-    params = _matching_parameters(model, trajectory)
+    if verify and trajectory.base_fingerprint not in (None, base_fingerprint(model, recorded)):
+        raise TrajectoryMismatchError(
+            "base fingerprint check failed: the frozen base weights or config differ from the run's base "
+            f"({trajectory.base_model!r} at revision {trajectory.base_revision!r}, dtype {trajectory.model_dtype})")
+    flags = {name: tensor.requires_grad for name, tensor in model.named_parameters()}
+    wrapped = trajectory.is_peft and not hasattr(model, "peft_config")
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    try:
+        if wrapped:
+            from peft import get_peft_config, get_peft_model
+
+            model = get_peft_model(model, get_peft_config(dict(trajectory.peft_config or {})),
+                                   adapter_name=trajectory.adapter_name or "default")
+        for name, tensor in model.named_parameters():
+            tensor.requires_grad_(name in recorded)
+        params = _matching_parameters(model, trajectory)
+        # A copy of what the replay overwrites, so a failed check hands the caller's model back unchanged.
+        saved = [(p.tensor, p.tensor.detach().to("cpu", copy=True)) for p in params]
+        _replay_checked(model, params, trajectory, verify)
+    except BaseException:
+        with torch.no_grad():
+            for tensor, copy in saved:
+                tensor.copy_(copy)
+        if wrapped and hasattr(model, "unload"):
+            model = model.unload()  # takes the adapter layers out again
+        for name, tensor in model.named_parameters():
+            if name in flags:
+                tensor.requires_grad_(flags[name])
+        raise
+    return model
+
+
+def _check_record(trajectory: Trajectory) -> None:
+    """What can be checked without a model: the fingerprints exist and the log is the one recorded."""
+    missing = [name for name in ("initial_fingerprint", "final_fingerprint") if getattr(trajectory, name) is None]
+    if missing:
+        raise TrajectoryMismatchError(f"the trajectory has no {' or '.join(missing)}: it cannot be verified; pass "
+                                      "verify=False to replay it unchecked")
+    if trajectory.log_digest is not None and trajectory.log_digest != log_digest(
+            trajectory.settings, trajectory.plan, trajectory.updates):
+        raise TrajectoryMismatchError("log digest check failed: the update log or the ZO settings (scalars, lr, "
+                                      "weight decay, eps, plan) were edited after the run")
+
+
+def _replay_checked(model: nn.Module, params: list[IndexedParameter], trajectory: Trajectory, verify: bool) -> None:
     with torch.no_grad():
         if trajectory.initial_adapter is not None:
             for p in params:
                 p.tensor.copy_(_decode_tensor(trajectory.initial_adapter[p.name]))
-    if verify and trajectory.initial_fingerprint is not None:
-        start = fingerprint((p.name, p.tensor) for p in params)
-        if start != trajectory.initial_fingerprint:
-            raise TrajectoryMismatchError(
-                "the trainable tensors do not start where the run started: load the recorded base model "
-                f"({trajectory.base_model!r} at revision {trajectory.base_revision!r}, dtype {trajectory.model_dtype})"
-            )
+    if verify and fingerprint((p.name, p.tensor) for p in params) != trajectory.initial_fingerprint:
+        raise TrajectoryMismatchError(
+            "initial fingerprint check failed: the trainable tensors do not start where the run started: load the "
+            f"recorded base model ({trajectory.base_model!r} at revision {trajectory.base_revision!r}, dtype "
+            f"{trajectory.model_dtype})"
+        )
 
     from hf_fedzo.engine import ZOEstimator, ZOSettings
 
@@ -360,15 +414,12 @@ def from_trajectory(model_or_path: nn.Module | str | os.PathLike[str] | None,
     estimator.plan = _plan_from_dict(trajectory.plan, params)
     with torch.no_grad():
         apply_updates(estimator, trajectory.updates, retrace=True)
-    if verify and trajectory.final_fingerprint is not None:
-        final = fingerprint((p.name, p.tensor) for p in params)
-        if final != trajectory.final_fingerprint:
-            raise TrajectoryMismatchError(
-                "the replay did not reproduce the trained weights: it must run on the same device type "
-                f"({trajectory.device_type}) and torch random streams as the run (versions recorded: "
-                f"{trajectory.versions}; here torch {torch.__version__})"
-            )
-    return model
+    if verify and fingerprint((p.name, p.tensor) for p in params) != trajectory.final_fingerprint:
+        raise TrajectoryMismatchError(
+            "final fingerprint check failed (the log, base and start all matched): the replay did not reproduce "
+            f"the trained weights, so it ran on another device type than the run's ({trajectory.device_type}) or "
+            f"other torch random streams (versions recorded: {trajectory.versions}; here torch {torch.__version__})"
+        )
 
 
 def _check_environment(trajectory: Trajectory) -> None:

@@ -1,6 +1,6 @@
 """The ZO engine: seeded perturbations, split execution and the estimator. No Trainer imports here."""
 
-from hf_fedzo.engine.estimator import ZOEstimate, ZOEstimator, ZOSettings
+from hf_fedzo.engine.estimator import DivergenceError, ZOEstimate, ZOEstimator, ZOSettings
 from hf_fedzo.engine.optimizer import ZOOptimizer, ZOUpdate, apply_updates
 from hf_fedzo.engine.perturbation import (
     PERTURBATIONS,
@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_WINDOW",
     "PERTURBATIONS",
     "DirectionApplier",
+    "DivergenceError",
     "IndexedParameter",
     "SeedScope",
     "SplitPlan",

@@ -10,6 +10,8 @@ Without a split all parameters form one block and the P1·P2 directions are full
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -21,6 +23,11 @@ from hf_fedzo.engine.seeds import BLOCK1, BLOCK2, direction_seed
 from hf_fedzo.engine.split import FlopCounter, SplitExecutor, SplitPlan, build_plan, find_layer_stack
 
 LossFn = Callable[[], torch.Tensor]
+MAX_FORWARDS_PER_STEP = 10_000  # above this one step is almost surely a typo (zo_p1/zo_p2 swapped with a size)
+
+
+class DivergenceError(RuntimeError):
+    """Training broke the model (non-finite weights, or no direction moves the loss any more); stop, keep nothing."""
 Term = tuple[int, float]  # (direction seed, coefficient)
 
 
@@ -37,13 +44,29 @@ class ZOSettings:
     layers_path: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.eps > 0:
-            raise ValueError(f"zo_eps must be > 0 (got {self.eps})")
+        if not (self.eps > 0 and math.isfinite(self.eps)):
+            raise ValueError(f"zo_eps must be a finite number > 0 (got {self.eps})")
         for name in ("p1", "p2"):
             if getattr(self, name) < 1:
                 raise ValueError(f"zo_{name} must be >= 1 (got {getattr(self, name)})")
         if self.difference not in ("central", "forward"):
             raise ValueError(f"zo_difference must be 'central' or 'forward' (got {self.difference!r})")
+
+    @property
+    def forwards_per_step(self) -> int:
+        sides = 2 if self.difference == "central" else 1
+        return sides * self.p1 + sides * self.p1 * self.p2 + (self.difference == "forward")
+
+    def sanity_warnings(self) -> list[str]:
+        """Settings that are valid but almost surely a mistake (callers warn with them, once)."""
+        found = []
+        if self.eps > 1:
+            found.append(f"zo_eps={self.eps} is larger than typical weights: the finite differences measure noise, "
+                         "not a gradient (usual values 1e-4 to 1e-2)")
+        if self.forwards_per_step > MAX_FORWARDS_PER_STEP:
+            found.append(f"zo_p1={self.p1}, zo_p2={self.p2}: one step would run {self.forwards_per_step} forwards "
+                         f"(over {MAX_FORWARDS_PER_STEP})")
+        return found
 
 
 @dataclass
@@ -88,7 +111,15 @@ class ZOEstimator:
                 self._executor = SplitExecutor(self._layers, self.plan.split_index)
             if not self.plan.parameters:
                 raise ValueError("the model has no trainable parameters (requires_grad=True) to perturb")
+            dtype = self.plan.parameters[0].tensor.dtype
+            if dtype.is_floating_point and self.settings.eps < torch.finfo(dtype).eps / 10:
+                warnings.warn(f"zo_eps={self.settings.eps} is below the resolution of {dtype} weights: most "
+                              "perturbations round away and the projected gradients are zero", stacklevel=2)
         return self.plan
+
+    def nonfinite_parameters(self) -> list[str]:
+        """Names of the trainable tensors holding NaN or infinity (empty while training is healthy)."""
+        return [p.name for p in self.parameters if not bool(torch.isfinite(p.tensor).all())]
 
     @property
     def parameters(self) -> list[IndexedParameter]:
@@ -147,7 +178,10 @@ class ZOEstimator:
 
         if s.difference == "central":
             scalars = (losses[..., 0] - losses[..., 1]) / (2 * eps)
-            mean_loss = float(losses.mean())
+            finite = torch.isfinite(losses)
+            # The loss of a step is the mean of its finite losses: a NaN from one bad direction would otherwise
+            # log as NaN (Trainer then logs 0.0). All finite: the plain mean, as always.
+            mean_loss = float(losses.mean()) if bool(finite.all()) else float(losses[finite].mean())
         else:
             assert baseline is not None
             scalars = (losses[..., 0] - baseline) / eps

@@ -23,6 +23,7 @@ from typing import Any
 from hf_fedzo.engine import mix_seed
 from hf_fedzo.federation.client import Batch, BatchLoss, LocalWork, ZOClient
 from hf_fedzo.federation.config import FederationConfig
+from hf_fedzo.federation.integrity import read_state, restore_server, write_state
 from hf_fedzo.federation.protocol import ClientReport, ProtocolError, RoundInstruction, decode, encode
 from hf_fedzo.federation.server import FederatedServer
 from hf_fedzo.reporting import plot_curves, write_json
@@ -105,11 +106,11 @@ def simulate_federation(model: Any, batch_loss: BatchLoss, clients: Sequence[Cli
     probe = clients[0].round_batches(config.seed, 0, 0, 1, settings.batch_size)[0]
 
     if output is not None and resume and (output / STATE_FILE).is_file():
-        saved = json.loads((output / STATE_FILE).read_text())
+        saved = read_state(output / STATE_FILE)  # verifies the checksum chain before anything is replayed
         if saved["fingerprint"] != fingerprint:
             raise ValueError(f"{output / STATE_FILE} belongs to a different run (config or data changed); "
                              "use another output_dir or resume=False")
-        server.load_state_dict(saved["server"])
+        restore_server(server, saved, output / STATE_FILE)
         result.rounds = saved["rounds"]
         replica.replay(server.log, server.completed_round, settings, probe)
 
@@ -154,12 +155,13 @@ def simulate_federation(model: Any, batch_loss: BatchLoss, clients: Sequence[Cli
             "train_loss": sum(r.loss_mean for r in accepted) / len(accepted) if accepted else None,
             "seconds": time.perf_counter() - started,
         }
+        if server.clipped:  # outlier reports scaled down or counts capped (logged by the server too)
+            record["clipped"] = {str(k): v for k, v in server.clipped.items()}
         if evaluate is not None and state.is_main_process and config.evaluation_due(round_id, spent):
             record["eval"] = dict(evaluate(model))
         result.rounds.append(record)
         if output is not None and state.is_main_process:
-            write_json(output / STATE_FILE, {"fingerprint": fingerprint, "server": server.state_dict(),
-                                             "rounds": result.rounds})
+            write_state(output / STATE_FILE, fingerprint, server.state_dict(), result.rounds)
         if on_round_end is not None:
             on_round_end(record)
         progress.update(1)

@@ -42,7 +42,6 @@ except ImportError as err:  # the core install has no flwr; say how to get it
     raise ImportError("hf_fedzo.integrations.flower needs Flower (flwr 1.41): pip install 'hf-fedzo[flower]'") from err
 
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -57,6 +56,7 @@ from torch import nn
 
 from hf_fedzo.federation.client import Batch, BatchLoss, ZOClient
 from hf_fedzo.federation.config import FederationConfig
+from hf_fedzo.federation.integrity import read_state, restore_server, write_state
 from hf_fedzo.federation.protocol import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
@@ -76,7 +76,6 @@ from hf_fedzo.federation.simulation import (
     _fingerprint,
     write_results,
 )
-from hf_fedzo.reporting import write_json
 
 RECORD = "hf_fedzo"  # the RecordDict key of our ConfigRecord in every message (and of the client's state)
 WORK = "hf_fedzo.work"  # the MetricRecord with a client's local work (not part of the protocol)
@@ -456,6 +455,8 @@ class FlowerFederation:
             "train_loss": sum(r.loss_mean for r in accepted) / len(accepted) if accepted else None,
             "seconds": time.perf_counter() - started,
         }
+        if self.server.clipped:  # outlier reports scaled down or counts capped, as in the simulation
+            record["clipped"] = {str(k): v for k, v in self.server.clipped.items()}
         return record
 
     def run(self, grid: GridLike) -> SimulationResult:
@@ -463,10 +464,10 @@ class FlowerFederation:
         config, server = self.config, self.server
         fingerprint = _fingerprint(config, self.run_info)
         if self.output is not None and self.resume and (self.output / STATE_FILE).is_file():
-            saved = json.loads((self.output / STATE_FILE).read_text())
+            saved = read_state(self.output / STATE_FILE)  # verifies the checksum chain first
             if saved["fingerprint"] != fingerprint:
                 raise ValueError(f"{self.output / STATE_FILE} belongs to a different run; use another output dir")
-            server.load_state_dict(saved["server"])
+            restore_server(server, saved, self.output / STATE_FILE)
             self.result.rounds = saved["rounds"]
             self._replay(server.log, server.completed_round)
         self._wait_for_nodes(grid)
@@ -487,8 +488,7 @@ class FlowerFederation:
                         record["resynced"], record["train_loss"],
                         f", eval {record['eval']}" if "eval" in record else "")
             if self.output is not None:
-                write_json(self.output / STATE_FILE, {"fingerprint": fingerprint, "server": server.state_dict(),
-                                                      "rounds": self.result.rounds})
+                write_state(self.output / STATE_FILE, fingerprint, server.state_dict(), self.result.rounds)
             if self.on_round_end is not None:
                 self.on_round_end(record)
 

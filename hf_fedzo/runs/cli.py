@@ -154,15 +154,18 @@ def recipe_parser(dataclass_types: Sequence[type], **defaults: Any) -> HfArgumen
 
 
 def run_recipe(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
-    """Script entry: run `main`, turning "cannot get the model/data" errors into a one-line message and exit 2.
+    """Script entry: run `main`, turning "cannot get the model/data", unreadable data and untrustworthy
+    resume-state errors into a one-line message and exit 2.
 
     Those errors already say which flag to pass instead; a traceback would only bury that line.
     """
-    from hf_fedzo.data import AssetNotFoundError, DatasetUnavailableError
+    from hf_fedzo.data import AssetNotFoundError, DataError, DatasetUnavailableError
+    from hf_fedzo.federation.integrity import StateFileError
     from hf_fedzo.runs.models import ModelUnavailableError
 
     try:
         main(argv)
-    except (ModelUnavailableError, DatasetUnavailableError, AssetNotFoundError) as err:
+    except (ModelUnavailableError, DatasetUnavailableError, AssetNotFoundError, DataError, StateFileError,
+            FileNotFoundError) as err:  # a --*_file that does not exist is a flag error too
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
