@@ -60,35 +60,48 @@ def standard_error(values: Sequence[float]) -> float:
 
 
 def mean_curve(runs: Sequence[Sequence[Sequence[float]]]) -> dict[str, list[float]]:
-    """Per estimate index, over repeats: mean FLOPs, mean cos ± SE, mean cos², mean relative error ± SE."""
-    out: dict[str, list[float]] = {k: [] for k in ("flops", "cos", "cos_se", "cos2", "rel_err", "rel_err_se")}
+    """Per estimate index, over repeats: mean FLOPs, cos ± SE, cos², relative error ± SE and its square."""
+    keys = ("flops", "cos", "cos_se", "cos2", "rel_err", "rel_err_se", "rel_err2")
+    out: dict[str, list[float]] = {k: [] for k in keys}
     for column in zip(*runs, strict=True):
         flops, cos, rel = zip(*column, strict=True)
-        out["flops"].append(statistics.fmean(flops))
-        out["cos"].append(statistics.fmean(cos))
-        out["cos_se"].append(standard_error(cos))
-        out["cos2"].append(statistics.fmean(c * c for c in cos))
-        out["rel_err"].append(statistics.fmean(rel))
-        out["rel_err_se"].append(standard_error(rel))
+        for key, value in zip(keys, (statistics.fmean(flops), statistics.fmean(cos), standard_error(cos),
+                                     statistics.fmean(c * c for c in cos), statistics.fmean(rel), standard_error(rel),
+                                     statistics.fmean(r * r for r in rel)), strict=True):
+            out[key].append(value)
     return out
 
 
+def noise_f0(curve: Mapping[str, Sequence[float]]) -> float:
+    """F0 from the error of the mean update: E||ĝ − g||²/||g||² = F0 / F for averaged unbiased estimates, read at
+    the last (most averaged) point. Equal error means equal cosine once many estimates are averaged."""
+    return curve["flops"][-1] * curve["rel_err2"][-1]
+
+
 def compare(runs: Mapping[str, Sequence[Sequence[Sequence[float]]]], base: str) -> dict[str, dict[str, Any]]:
-    """Fit, ratio to ``base`` (± jackknife SE over repeats) and the crossing cross-check for every estimator."""
-    n = len(runs[base])
+    """Per estimator: the cosine fit and the error-based F0, their ratios to ``base`` (± jackknife SE over
+    repeats) and the crossing cross-check."""
+    n, every = len(runs[base]), list(range(len(runs[base])))
 
     def f0(name: str, keep: Sequence[int]) -> float:
         curve = mean_curve([runs[name][i] for i in keep])
         return fit_f0(curve["flops"], curve["cos2"])
 
+    def f0_noise(name: str, keep: Sequence[int]) -> float:
+        return noise_f0(mean_curve([runs[name][i] for i in keep]))
+
+    def rms(curve: Mapping[str, Sequence[float]]) -> list[tuple[float, float]]:
+        return [(f, math.sqrt(c)) for f, c in zip(curve["flops"], curve["cos2"], strict=True)]
+
+    def ratio(f: Callable[[str, Sequence[int]], float], name: str) -> tuple[float, float]:
+        return f(base, every) / f(name, every), jackknife(lambda keep: f(base, keep) / f(name, keep), n)
+
+    base_curve = mean_curve(runs[base])
     out = {}
     for name in runs:
         curve = mean_curve(runs[name])
-        rms = [(f, math.sqrt(c)) for f, c in zip(curve["flops"], curve["cos2"], strict=True)]
-        base_curve = mean_curve(runs[base])
-        base_rms = [(f, math.sqrt(c)) for f, c in zip(base_curve["flops"], base_curve["cos2"], strict=True)]
-        every = list(range(n))
-        out[name] = {"curve": curve, "f0": f0(name, every), "ratio": f0(base, every) / f0(name, every),
-                     "ratio_se": jackknife(lambda keep, name=name: f0(base, keep) / f0(name, keep), n),
-                     "crossing": crossing_ratio(base_rms, rms)}
+        (cos_ratio, cos_se), (noise_ratio, noise_se) = ratio(f0, name), ratio(f0_noise, name)
+        out[name] = {"curve": curve, "f0": f0(name, every), "ratio": cos_ratio, "ratio_se": cos_se,
+                     "f0_noise": f0_noise(name, every), "ratio_noise": noise_ratio, "ratio_noise_se": noise_se,
+                     "crossing": crossing_ratio(rms(base_curve), rms(curve))}
     return out

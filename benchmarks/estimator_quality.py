@@ -16,18 +16,22 @@ Against the true gradient g it gives the cosine and the relative error ||ĝ − 
 of a d-dimensional Gaussian: cos² ≈ k / (k + d)), so each estimator's curve is summarised by one number F0,
 fitted by least squares through the origin on cos² / (1 − cos²) = F / F0 using the mean of cos² over repeats
 (the mean of cos is biased low for few directions, E[sqrt(χ²_k)] < sqrt(k)). The FLOPs to reach a cosine c are
-F0 · c² / (1 − c²), so the MeZO/FedSPZO FLOPs ratio at equal cosine is F0(MeZO) / F0(FedSPZO) at every c;
-its standard error is a jackknife over repeats. Cross-check: the ratio of the FLOPs at which the two mean
-curves (root-mean-square cosine) first cross the highest level both reach, linear between estimates.
+F0 · c² / (1 − c²), so the MeZO/FedSPZO FLOPs ratio at equal cosine is F0(MeZO) / F0(FedSPZO) at every c
+(the last printed line; FedSPZO there is the library's default point); its standard error is a jackknife over
+repeats. Two cross-checks: (1) the ratio of the FLOPs at which the two mean curves (root-mean-square cosine)
+first cross the highest level both reach, linear between estimates; (2) "equal error": F0 read from the
+relative error instead, E||ĝ − g||² / ||g||² = F0 / F exactly for averaged unbiased estimates (the variance per
+FLOP that sets SGD progress at a tuned step size; the cosine fit tends to it as more estimates are averaged,
+while with few estimates a split estimate's cos² runs somewhat above F / (F + F0)).
 
 **Theory column.** To first order in ε, with g = (g1, g2) split over the blocks (d1, d2 entries), one FedSPZO
-estimate has E[ĝ·g] = ||g||² and noise E||ĝ − g||² ≈ (d1/P1)(||g1||² + ||g2||²/P2) + d2/(P1·P2) ||g||², so
-F0 = (FLOPs per estimate) · noise / ||g||² (MeZO: 2C · d). P1 cancels; the split pays only when the gradient
-sits in block 2 (small d2, large ||g2||) and block 2 is cheap. The predicted ratio is printed for a wider grid
-than is measured, from the measured gradient's block norms and the engine's block costs.
+estimate has E[ĝ] = g and E||ĝ − g||² ≈ (d1/P1)(||g1||² + ||g2||²/P2) + d2/(P1·P2) ||g||², so
+F0 = (FLOPs per estimate) · E||ĝ − g||² / ||g||² (MeZO: 2C · d). P1 cancels; the split pays only when the
+gradient sits in block 2 (small d2, large ||g2||) and block 2 is cheap. The predicted ratio is printed for a
+wider grid than is measured, from the measured gradient's block norms and the engine's block costs.
 
     hf-fedzo prepare-assets
-    python -m benchmarks.estimator_quality --quick        # < 10 minutes on 2 cores (2 repeats, 3 FedSPZO points)
+    python -m benchmarks.estimator_quality --quick        # < 10 minutes on 2 cores (4 batches of 4, 3 FedSPZO points)
     python -m benchmarks.estimator_quality                # 6 repeats, the full grid (hours on 2 cores)
 """
 
@@ -54,7 +58,7 @@ REVIEW_TEMPLATE = "Review: {sentence}\nSentiment:{label}"
 REVIEW_WORDS = (" negative", " positive")
 DEFAULT_GRID = ("1,2,0.9", "1,4,0.9", "1,8,0.9", "1,16,0.9", "2,4,0.9", "1,4,0.75", "1,8,0.75", "1,4,0.5",
                 "1,4,auto")
-QUICK_GRID = ("1,4,0.9", "1,8,0.9", "1,4,0.5")
+QUICK_GRID = ("1,4,0.9", "1,8,0.9", "1,2,0.5")
 # The theory table: every split fraction with P1 = 1 (P1 cancels to first order) and these P2.
 THEORY_SPLITS = (0.5, 0.75, 0.9, 0.97)
 THEORY_P2 = (2, 4, 8, 16, 32)
@@ -282,14 +286,15 @@ def print_tables(report: Mapping[str, Any], headline: str) -> None:
     print(f"\n{report['param_set']}: {report['trainable']:,} trainable entries, ε {report['eps']:g}, "
           f"{report['repeats']} repeats (batches), one forward {report['full_forward_flops'] / 1e9:.1f} GFLOPs")
     print(f"{'estimator':<40} {'fwd/est':>7} {'est':>4} {'GFLOPs':>7} {'cos at budget':>17} {'rel err':>7} "
-          f"{'MeZO/X equal cos':>16} {'crossing':>15} {'theory':>6}")
+          f"{'MeZO/X equal cos':>16} {'crossing':>15} {'equal error':>12} {'theory':>6}")
     for label, row in report["estimators"].items():
         curve = row["curve"]
         crossing = "–" if row["crossing"] is None else f"{row['crossing'][1]:.2f} @{row['crossing'][0]:.5f}"
         print(f"{label:<40} {row['forwards_per_estimate']:>7.2f} {row['estimates']:>4} "
               f"{curve['flops'][-1] / 1e9:>7.0f} {curve['cos'][-1]:>8.5f} ± {curve['cos_se'][-1]:.5f} "
               f"{curve['rel_err'][-1]:>7.0f} {row['ratio']:>9.2f} ± {row['ratio_se']:.2f} {crossing:>15} "
-              f"{row['theory_ratio']:>6.2f}" + ("  <- headline" if label == headline else ""))
+              f"{row['ratio_noise']:>5.2f} ± {row['ratio_noise_se']:.2f} {row['theory_ratio']:>6.2f}"
+              + ("  <- headline" if label == headline else ""))
     print(f"estimator-quality winner: {winner(report)}")
     print("theory only, P1 = 1 (first-order noise from the measured gradient's block norms), best first:")
     for row in report["theory"][:6]:
@@ -317,17 +322,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help="SmolLM2-135M-Instruct folder (default: the one `hf-fedzo prepare-assets` made)")
     parser.add_argument("--output_dir", default="out/benchmarks/estimator_quality")
     parser.add_argument("--figures_dir", default=None, help="where the PNG plots go (default: --output_dir)")
-    parser.add_argument("--quick", action="store_true", help="2 repeats, 16 forwards of budget, 3 FedSPZO points")
+    parser.add_argument("--quick", action="store_true",
+                        help="4 repeats of batch 4, 8 forwards of budget, 3 FedSPZO points (under 10 minutes)")
     parser.add_argument("--param_sets", nargs="+", choices=("lora", "full"), default=["lora", "full"])
-    parser.add_argument("--repeats", type=int, default=None, help="independent batches and seeds (default 6; quick 2)")
+    parser.add_argument("--repeats", type=int, default=None, help="independent batches and seeds (default 6; quick 4)")
     parser.add_argument("--budget_forwards", type=float, default=None,
-                        help="FLOPs budget per estimator per batch, in plain forwards (default 48; quick 16)")
+                        help="FLOPs budget per estimator per batch, in plain forwards (default 48; quick 8)")
     parser.add_argument("--grid", nargs="+", default=None, help="FedSPZO points 'P1,P2,split' (default: a 9-point "
                         "grid; quick: " + " ".join(QUICK_GRID) + ")")
     parser.add_argument("--nspsa", type=int, nargs="*", default=[4], help="n-SPSA direction counts P")
     parser.add_argument("--headline", default=None, help="FedSPZO point of the last line (default: the library's "
                         "FederationConfig defaults zo_p1, zo_p2, zo_split)")
-    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--batch_size", type=int, default=None, help="sentences per batch (default 8; quick 4)")
     parser.add_argument("--max_length", type=int, default=64)
     parser.add_argument("--prompt", choices=("review", "sst2"), default="review",
                         help=f"'review': {REVIEW_TEMPLATE!r} with {REVIEW_WORDS}; 'sst2': the sst2 preset")
@@ -336,8 +342,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     args = parser.parse_args(argv)
-    args.repeats = args.repeats or (2 if args.quick else 6)
-    args.budget_forwards = args.budget_forwards or (16.0 if args.quick else 48.0)
+    args.repeats = args.repeats or (4 if args.quick else 6)
+    args.budget_forwards = args.budget_forwards or (8.0 if args.quick else 48.0)
+    args.batch_size = args.batch_size or (4 if args.quick else 8)
     for name in ("repeats", "budget_forwards", "batch_size", "max_length", "lora_eps", "full_eps", "threads"):
         if not getattr(args, name) > 0:
             parser.error(f"--{name} must be > 0 (got {getattr(args, name)})")
@@ -363,9 +370,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     batches = [task.collator([task.preprocess(train[i]) for i in rng.sample(range(len(train)), args.batch_size)])
                for _ in range(args.repeats)]
     started = time.perf_counter()
-    print(f"estimator quality: {len(measured)} estimators x {args.repeats} repeats x {len(args.param_sets)} parameter "
-          f"sets, {args.budget_forwards:g} forwards of budget each, batch {args.batch_size}, {args.threads} thread(s)"
-          f"{' (--quick)' if args.quick else ''}", flush=True)
+    seeds, quick = f"{args.seed}..{args.seed + args.repeats - 1}", " (--quick)" if args.quick else ""
+    print(f"estimator quality{quick}: {len(measured)} estimators ({len(grid)} FedSPZO grid points) x "
+          f"{args.repeats} repeats (batches of {args.batch_size}, seeds {seeds}) x {len(args.param_sets)} "
+          f"parameter sets, {args.budget_forwards:g} forwards of budget each, {args.threads} thread(s)", flush=True)
 
     def log(line: str) -> None:
         print(f"  [{time.perf_counter() - started:5.0f} s] {line}", flush=True)

@@ -155,3 +155,28 @@ def test_whole_measurement_on_a_tiny_model(monkeypatch: pytest.MonkeyPatch, tmp_
     assert "estimator-quality winner" in capsys.readouterr().out
     eq.plot(report, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_noise_f0_reads_the_error_of_the_mean_update() -> None:
+    runs = {"MeZO": [[(2.0 * k, 0.1, math.sqrt(1000.0 / (2.0 * k))) for k in range(1, 5)]] * 2,
+            "FedSPZO": [[(3.0 * k, 0.1, math.sqrt(500.0 / (3.0 * k))) for k in range(1, 4)]] * 2}
+    out = compare(runs, "MeZO")
+    assert out["MeZO"]["f0_noise"] == pytest.approx(1000.0)
+    assert out["FedSPZO"]["ratio_noise"] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(("sq1", "sq2", "p1", "p2"), [(0.0, 1.0, 1, 1), (0.9, 0.1, 1, 4), (0.1, 0.9, 1, 4),
+                                                     (0.5, 0.5, 2, 4)])
+def test_predicted_noise_matches_a_simulation_of_split_estimates(sq1: float, sq2: float, p1: int, p2: int) -> None:
+    """E||ĝ − g||²/||g||² of exact split directional derivatives (Monte Carlo) against predicted_f0 per FLOP."""
+    gen = torch.Generator().manual_seed(0)
+    d1, d2, trials = (0 if sq1 == 0 else 200), 60, 3000
+    g1 = torch.randn(d1, generator=gen)
+    g1 = g1 * math.sqrt(sq1) / g1.norm() if d1 else g1
+    g2 = torch.randn(d2, generator=gen)
+    g2 = g2 * math.sqrt(sq2) / g2.norm()
+    u, v = torch.randn(trials, p1, d1, generator=gen), torch.randn(trials, p1, p2, d2, generator=gen)
+    scalars = (u @ g1)[..., None] + v @ g2  # (trials, P1, P2) directional derivatives along (u_i, v_ij)
+    estimate = torch.cat([(scalars.mean(-1)[..., None] * u).mean(1), (scalars[..., None] * v).mean((1, 2))], -1)
+    simulated = float(((estimate - torch.cat([g1, g2])) ** 2).sum(-1).mean() / (sq1 + sq2))
+    assert simulated == pytest.approx(predicted_f0(1.0, d1, d2, sq1, sq2, p1, p2), rel=0.08)
