@@ -31,7 +31,7 @@ gradient sits in block 2 (small d2, large ||g2||) and block 2 is cheap. The pred
 wider grid than is measured, from the measured gradient's block norms and the engine's block costs.
 
     hf-fedzo prepare-assets
-    python -m benchmarks.estimator_quality --quick        # < 10 minutes on 2 cores (4 batches of 4, 3 FedSPZO points)
+    python -m benchmarks.estimator_quality --quick        # < 10 minutes on 2 cores (3 batches of 4, 3 FedSPZO points)
     python -m benchmarks.estimator_quality                # 6 repeats, the full grid (hours on 2 cores)
 """
 
@@ -132,16 +132,18 @@ class UpdateDirection:
         return {i: p.tensor / self.count for i, p in self.shadow.items()}
 
     def against(self, grad: Mapping[int, torch.Tensor]) -> tuple[float, float]:
-        """(cosine, ||ĝ − g|| / ||g||) of the mean direction against ``grad`` (sums in float64)."""
+        """(cosine, ||ĝ − g|| / ||g||) of the mean direction against a float64 ``grad`` (sums in float64)."""
         dot = sq = gsq = 0.0
         for i, p in self.shadow.items():
-            s, g = p.tensor.double() / self.count, grad[i].double()
-            dot, sq, gsq = dot + float(s.mul(g).sum()), sq + float(s.square().sum()), gsq + float(g.square().sum())
+            s, g = p.tensor.detach().reshape(-1).double(), grad[i].reshape(-1)
+            dot, sq, gsq = dot + float(s @ g), sq + float(s @ s), gsq + float(g @ g)
+        dot, sq = dot / self.count, sq / self.count**2
         return dot / math.sqrt(sq * gsq), math.sqrt(max(sq - 2 * dot + gsq, 0.0) / gsq)
 
 
 def true_gradient(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]) -> dict[int, torch.Tensor]:
-    """Autograd gradient of the loss w.r.t. every trainable tensor, keyed by its engine index (eval mode, as ZO)."""
+    """Autograd gradient of the loss w.r.t. every trainable tensor, keyed by its engine index, in float64 (eval
+    mode, as the ZO forwards run)."""
     params = trainable_parameters(model)
     was_training = model.training
     model.eval()
@@ -150,8 +152,8 @@ def true_gradient(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor]) -
     try:
         with torch.enable_grad():
             loss_fn().backward()
-        return {p.index: (torch.zeros_like(p.tensor) if p.tensor.grad is None else p.tensor.grad.detach().clone())
-                for p in params}
+        return {p.index: torch.zeros_like(p.tensor, dtype=torch.float64) if p.tensor.grad is None
+                else p.tensor.grad.detach().double() for p in params}
     finally:
         for p in params:
             p.tensor.grad = None
@@ -186,7 +188,7 @@ def block_stats(estimator: ZOEstimator, grad: Mapping[int, torch.Tensor]) -> dic
     ones = plan.block1 if plan.split_index is not None else []
 
     def squares(params: Sequence[IndexedParameter]) -> float:
-        return sum(float(grad[p.index].double().square().sum()) for p in params)
+        return sum(float(grad[p.index].square().sum()) for p in params)
 
     return {"d1": sum(p.tensor.numel() for p in ones), "d2": sum(p.tensor.numel() for p in plan.block2),
             "sq1": squares(ones), "sq2": squares(plan.block2), "c1": c1, "c2": c2}
@@ -323,9 +325,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--output_dir", default="out/benchmarks/estimator_quality")
     parser.add_argument("--figures_dir", default=None, help="where the PNG plots go (default: --output_dir)")
     parser.add_argument("--quick", action="store_true",
-                        help="4 repeats of batch 4, 8 forwards of budget, 3 FedSPZO points (under 10 minutes)")
+                        help="3 repeats of batch 4, 8 forwards of budget, 3 FedSPZO points (under 10 minutes)")
     parser.add_argument("--param_sets", nargs="+", choices=("lora", "full"), default=["lora", "full"])
-    parser.add_argument("--repeats", type=int, default=None, help="independent batches and seeds (default 6; quick 4)")
+    parser.add_argument("--repeats", type=int, default=None, help="independent batches and seeds (default 6; quick 3)")
     parser.add_argument("--budget_forwards", type=float, default=None,
                         help="FLOPs budget per estimator per batch, in plain forwards (default 48; quick 8)")
     parser.add_argument("--grid", nargs="+", default=None, help="FedSPZO points 'P1,P2,split' (default: a 9-point "
@@ -342,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     args = parser.parse_args(argv)
-    args.repeats = args.repeats or (4 if args.quick else 6)
+    args.repeats = args.repeats or (3 if args.quick else 6)
     args.budget_forwards = args.budget_forwards or (8.0 if args.quick else 48.0)
     args.batch_size = args.batch_size or (4 if args.quick else 8)
     for name in ("repeats", "budget_forwards", "batch_size", "max_length", "lora_eps", "full_eps", "threads"):

@@ -64,7 +64,7 @@ def test_true_gradient_is_autograd_and_leaves_no_grad_behind() -> None:
     grad = eq.true_gradient(model, lambda: _loss(model, batch))
     _loss(model, batch).backward()
     for i, (_, p) in enumerate(model.named_parameters()):
-        torch.testing.assert_close(grad[i], p.grad)
+        torch.testing.assert_close(grad[i], p.grad.double())
     model.zero_grad(set_to_none=True)
     eq.true_gradient(model, lambda: _loss(model, batch))
     assert all(p.grad is None for p in model.parameters())
