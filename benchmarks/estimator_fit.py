@@ -1,4 +1,5 @@
-"""The arithmetic of benchmarks/estimator_quality.py: cosine curves, the F0 fit, ratios at equal cosine.
+"""The arithmetic and outputs of benchmarks/estimator_quality.py: cosine curves, the F0 fit, ratios at equal
+cosine, tables and plots.
 
 Pure functions of measured points, so they are tested on synthetic curves (tests/test_estimator_quality.py).
 A run is a list of ``(cumulative FLOPs, cosine, relative error)`` points, one per estimate, on one batch.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from benchmarks.federated_accuracy import first_reach
@@ -105,3 +107,46 @@ def compare(runs: Mapping[str, Sequence[Sequence[Sequence[float]]]], base: str) 
                      "f0_noise": f0_noise(name, every), "ratio_noise": noise_ratio, "ratio_noise_se": noise_se,
                      "crossing": crossing_ratio(rms(base_curve), rms(curve))}
     return out
+
+
+# ---------------------------------------------------------------- outputs
+
+def winner(report: Mapping[str, Any]) -> str:
+    """The measured FedSPZO grid point with the highest MeZO/FedSPZO FLOPs ratio at equal cosine."""
+    fedspzo = {k: v for k, v in report["estimators"].items() if v["estimator"]["split"] != "none"}
+    return max(fedspzo, key=lambda k: fedspzo[k]["ratio"])
+
+
+def print_tables(report: Mapping[str, Any], headline: str) -> None:
+    print(f"\n{report['param_set']}: {report['trainable']:,} trainable entries, ε {report['eps']:g}, "
+          f"{report['repeats']} repeats (batches), one forward {report['full_forward_flops'] / 1e9:.1f} GFLOPs")
+    print(f"{'estimator':<40} {'fwd/est':>7} {'est':>4} {'GFLOPs':>7} {'cos at budget':>17} {'rel err':>7} "
+          f"{'MeZO/X equal cos':>16} {'crossing':>15} {'equal error':>12} {'theory':>6}")
+    for label, row in report["estimators"].items():
+        curve = row["curve"]
+        crossing = "–" if row["crossing"] is None else f"{row['crossing'][1]:.2f} @{row['crossing'][0]:.5f}"
+        print(f"{label:<40} {row['forwards_per_estimate']:>7.2f} {row['estimates']:>4} "
+              f"{curve['flops'][-1] / 1e9:>7.0f} {curve['cos'][-1]:>8.5f} ± {curve['cos_se'][-1]:.5f} "
+              f"{curve['rel_err'][-1]:>7.0f} {row['ratio']:>9.2f} ± {row['ratio_se']:.2f} {crossing:>15} "
+              f"{row['ratio_noise']:>5.2f} ± {row['ratio_noise_se']:.2f} {row['theory_ratio']:>6.2f}"
+              + ("  <- headline" if label == headline else ""))
+    print(f"estimator-quality winner: {winner(report)}")
+    print("theory only, P1 = 1 (first-order noise from the measured gradient's block norms), best first:")
+    for row in report["theory"][:6]:
+        b = row["blocks"]
+        entries, grad2 = b["d2"] / (b["d1"] + b["d2"]), b["sq2"] / (b["sq1"] + b["sq2"])
+        cost = b["c2"] / (b["c1"] + b["c2"])
+        print(f"  {row['label']:<40} ratio {row['theory_ratio']:5.2f}   block 2 holds {entries:6.1%} of the entries, "
+              f"{grad2:6.1%} of ||g||², {cost:.2f} of the forward FLOPs")
+
+
+def plot(report: Mapping[str, Any], path: Path) -> None:
+    from hf_fedzo.reporting import plot_curves
+
+    rows = report["estimators"]  # every curve starts at (0, 0): no estimate yet, no direction
+    plot_curves(path, {k: ([0.0] + [f / 1e9 for f in v["curve"]["flops"]], [0.0, *v["curve"]["cos"]])
+                       for k, v in rows.items()},
+                bands={k: [0.0, *v["curve"]["cos_se"]] for k, v in rows.items()},
+                xlabel="forward GFLOPs spent on one batch (engine count)",
+                ylabel="cosine(mean ZO update, true gradient)",
+                title=f"SmolLM2-135M {report['param_set']}: mean ± SE over {report['repeats']} batches")

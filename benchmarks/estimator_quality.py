@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import random
 import statistics
@@ -50,7 +51,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.estimator_fit import compare, predicted_f0
+from benchmarks.estimator_fit import compare, plot, predicted_f0, print_tables
 from hf_fedzo.engine import IndexedParameter, SeedScope, ZOEstimate, ZOEstimator, ZOSettings, trainable_parameters
 from hf_fedzo.engine.split import parse_split
 
@@ -278,46 +279,6 @@ def measure_param_set(param_set: str, args: argparse.Namespace, batch_loss: Any,
             "theory": sorted(theory, key=lambda row: -row["theory_ratio"])}
 
 
-def winner(report: Mapping[str, Any]) -> str:
-    """The measured FedSPZO grid point with the highest MeZO/FedSPZO FLOPs ratio at equal cosine."""
-    fedspzo = {k: v for k, v in report["estimators"].items() if v["estimator"]["split"] != "none"}
-    return max(fedspzo, key=lambda k: fedspzo[k]["ratio"])
-
-
-def print_tables(report: Mapping[str, Any], headline: str) -> None:
-    print(f"\n{report['param_set']}: {report['trainable']:,} trainable entries, ε {report['eps']:g}, "
-          f"{report['repeats']} repeats (batches), one forward {report['full_forward_flops'] / 1e9:.1f} GFLOPs")
-    print(f"{'estimator':<40} {'fwd/est':>7} {'est':>4} {'GFLOPs':>7} {'cos at budget':>17} {'rel err':>7} "
-          f"{'MeZO/X equal cos':>16} {'crossing':>15} {'equal error':>12} {'theory':>6}")
-    for label, row in report["estimators"].items():
-        curve = row["curve"]
-        crossing = "–" if row["crossing"] is None else f"{row['crossing'][1]:.2f} @{row['crossing'][0]:.5f}"
-        print(f"{label:<40} {row['forwards_per_estimate']:>7.2f} {row['estimates']:>4} "
-              f"{curve['flops'][-1] / 1e9:>7.0f} {curve['cos'][-1]:>8.5f} ± {curve['cos_se'][-1]:.5f} "
-              f"{curve['rel_err'][-1]:>7.0f} {row['ratio']:>9.2f} ± {row['ratio_se']:.2f} {crossing:>15} "
-              f"{row['ratio_noise']:>5.2f} ± {row['ratio_noise_se']:.2f} {row['theory_ratio']:>6.2f}"
-              + ("  <- headline" if label == headline else ""))
-    print(f"estimator-quality winner: {winner(report)}")
-    print("theory only, P1 = 1 (first-order noise from the measured gradient's block norms), best first:")
-    for row in report["theory"][:6]:
-        b = row["blocks"]
-        entries, grad2 = b["d2"] / (b["d1"] + b["d2"]), b["sq2"] / (b["sq1"] + b["sq2"])
-        cost = b["c2"] / (b["c1"] + b["c2"])
-        print(f"  {row['label']:<40} ratio {row['theory_ratio']:5.2f}   block 2 holds {entries:6.1%} of the entries, "
-              f"{grad2:6.1%} of ||g||², {cost:.2f} of the forward FLOPs")
-
-
-def plot(report: Mapping[str, Any], path: Path) -> None:
-    from hf_fedzo.reporting import plot_curves
-
-    rows = report["estimators"]
-    plot_curves(path, {k: ([f / 1e9 for f in v["curve"]["flops"]], v["curve"]["cos"]) for k, v in rows.items()},
-                bands={k: v["curve"]["cos_se"] for k, v in rows.items()},
-                xlabel="forward GFLOPs spent on one batch (engine count)",
-                ylabel="cosine(mean ZO update, true gradient)",
-                title=f"SmolLM2-135M {report['param_set']}: mean ± SE over {report['repeats']} batches")
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model_name_or_path", default=None,
@@ -343,7 +304,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--full_eps", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
+    parser.add_argument("--report_only", action="store_true", help="tables, plots and the last line again from "
+                        "--output_dir/report.json; runs nothing")
     args = parser.parse_args(argv)
+    output = Path(args.output_dir)
+    figures = Path(args.figures_dir) if args.figures_dir else output
+    if args.report_only:
+        if not (output / "report.json").is_file():
+            parser.error(f"--report_only: no {output / 'report.json'}; run the benchmark first")
+        saved = json.loads((output / "report.json").read_text())
+        return finish(saved["reports"], Estimator(**saved["headline"]), figures)
     args.repeats = args.repeats or (3 if args.quick else 6)
     args.budget_forwards = args.budget_forwards or (8.0 if args.quick else 48.0)
     args.batch_size = args.batch_size or (4 if args.quick else 8)
@@ -380,25 +350,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     def log(line: str) -> None:
         print(f"  [{time.perf_counter() - started:5.0f} s] {line}", flush=True)
 
-    output = Path(args.output_dir)
-    figures = Path(args.figures_dir) if args.figures_dir else output
     reports = {}
     for param_set in args.param_sets:
         reports[param_set] = measure_param_set(param_set, args, batch_loss, batches, measured, log)
-        plot(reports[param_set], figures / f"estimator_quality_{param_set}.png")
-    labels = {ps: next(k for k, v in r["estimators"].items() if Estimator(**v["estimator"]) == headline)
-              for ps, r in reports.items()}
-    for param_set, report in reports.items():
-        print_tables(report, labels[param_set])
     wall = time.perf_counter() - started
-    write_json(output / "report.json", {"setup": {k: v for k, v in vars(args).items()}, "wall_s": wall,
+    write_json(output / "report.json", {"setup": vars(args), "headline": dataclasses.asdict(headline), "wall_s": wall,
                                         "torch": torch.__version__, "reports": reports})
     print(f"\nwall time {wall:.0f} s; report {output / 'report.json'}, plots in {figures}")
-    ratios = {ps: reports[ps]["estimators"][labels[ps]]["ratio"] if ps in reports else math.nan
-              for ps in ("lora", "full")}
+    return finish(reports, headline, figures)
+
+
+def finish(reports: Mapping[str, Any], headline: Estimator, figures: Path) -> dict[str, Any]:
+    """Plots, tables and, last, the FLOPs ratio of the headline FedSPZO point."""
+    ratios = {"lora": math.nan, "full": math.nan}
+    for param_set, report in reports.items():
+        label = next(k for k, v in report["estimators"].items() if Estimator(**v["estimator"]) == headline)
+        plot(report, figures / f"estimator_quality_{param_set}.png")
+        print_tables(report, label)
+        ratios[param_set] = report["estimators"][label]["ratio"]
     print(f"estimator quality: FLOPs ratio MeZO/FedSPZO at equal cosine: lora {ratios['lora']:.2f}, "
           f"full {ratios['full']:.2f}")
-    return reports
+    return dict(reports)
 
 
 def library_default() -> Estimator:

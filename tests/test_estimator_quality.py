@@ -9,9 +9,11 @@ import math
 import pytest
 import torch
 
+from benchmarks import estimator_fit
 from benchmarks import estimator_quality as eq
 from benchmarks.estimator_fit import compare, crossing_ratio, fit_f0, flops_at, jackknife, mean_curve, predicted_f0
 from hf_fedzo.engine import ZOEstimator, ZOOptimizer
+from hf_fedzo.reporting import write_json
 from tests.tiny_models import llama, random_batch, seeded
 
 
@@ -150,11 +152,20 @@ def test_whole_measurement_on_a_tiny_model(monkeypatch: pytest.MonkeyPatch, tmp_
     for row in rows.values():
         assert row["curve"]["flops"][-1] >= 6.0 * report["full_forward_flops"] * 0.99
         assert len(row["curve"]["cos"]) == row["estimates"]
-    assert eq.winner(report).startswith("FedSPZO")
-    eq.print_tables(report, "MeZO")
+    assert estimator_fit.winner(report).startswith("FedSPZO")
+    estimator_fit.print_tables(report, "MeZO")
     assert "estimator-quality winner" in capsys.readouterr().out
-    eq.plot(report, tmp_path / "plot.png")
+    estimator_fit.plot(report, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 0
+    # --report_only rebuilds tables, plots and the last line from the saved report.
+    write_json(tmp_path / "report.json", {"headline": {"p1": 1, "p2": 4, "split": 0.5}, "reports": {"full": report}})
+    eq.main(["--report_only", "--output_dir", str(tmp_path)])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    ratio = rows["FedSPZO (P1=1, P2=4, split 2/4)"]["ratio"]
+    assert last == f"estimator quality: FLOPs ratio MeZO/FedSPZO at equal cosine: lora nan, full {ratio:.2f}"
+    assert (tmp_path / "estimator_quality_full.png").is_file()
+    with pytest.raises(SystemExit):
+        eq.main(["--report_only", "--output_dir", str(tmp_path / "missing")])
 
 
 def test_noise_f0_reads_the_error_of_the_mean_update() -> None:
