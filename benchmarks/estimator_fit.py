@@ -121,15 +121,17 @@ def print_tables(report: Mapping[str, Any], headline: str) -> None:
     print(f"\n{report['param_set']}: {report['trainable']:,} trainable entries, ε {report['eps']:g}, "
           f"{report['repeats']} repeats (batches), one forward {report['full_forward_flops'] / 1e9:.1f} GFLOPs")
     print(f"{'estimator':<40} {'fwd/est':>7} {'est':>4} {'GFLOPs':>7} {'cos at budget':>17} {'rel err':>7} "
-          f"{'MeZO/X equal cos':>16} {'crossing':>15} {'equal error':>12} {'theory':>6}")
+          f"{'MeZO/X equal cos':>16} {'crossing':>15} {'equal error':>12} {'theory':>6} {'F0 cos/err/theory':>17}")
     for label, row in report["estimators"].items():
         curve = row["curve"]
         crossing = "–" if row["crossing"] is None else f"{row['crossing'][1]:.2f} @{row['crossing'][0]:.5f}"
         print(f"{label:<40} {row['forwards_per_estimate']:>7.2f} {row['estimates']:>4} "
               f"{curve['flops'][-1] / 1e9:>7.0f} {curve['cos'][-1]:>8.5f} ± {curve['cos_se'][-1]:.5f} "
               f"{curve['rel_err'][-1]:>7.0f} {row['ratio']:>9.2f} ± {row['ratio_se']:.2f} {crossing:>15} "
-              f"{row['ratio_noise']:>5.2f} ± {row['ratio_noise_se']:.2f} {row['theory_ratio']:>6.2f}"
+              f"{row['ratio_noise']:>5.2f} ± {row['ratio_noise_se']:.2f} {row['theory_ratio']:>6.2f} "
+              f"{row['f0'] / 1e15:>5.0f}/{row['f0_noise'] / 1e15:.0f}/{row['theory_f0'] / 1e15:.0f}"
               + ("  <- headline" if label == headline else ""))
+    print("F0 in PFLOPs: FLOPs to reach cos² = 1/2 on the fitted curve; the FLOPs to reach a cosine c are F0·c²/(1−c²)")
     print(f"estimator-quality winner: {winner(report)}")
     print("theory only, P1 = 1 (first-order noise from the measured gradient's block norms), best first:")
     for row in report["theory"][:6]:

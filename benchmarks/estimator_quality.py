@@ -269,7 +269,8 @@ def measure_param_set(param_set: str, args: argparse.Namespace, batch_loss: Any,
         first = stats[e][0]
         results[labels[e]] |= {"estimator": dataclasses.asdict(e), "estimates": counts[e], "blocks": first,
                                "forwards_per_estimate": step_cost(first, e.p1, e.p2) / full_forward,
-                               "theory_ratio": theory_ratio(e, e.p1, e.p2)}
+                               "theory_ratio": theory_ratio(e, e.p1, e.p2),
+                               "theory_f0": statistics.fmean(theory_f0(s, e.p1, e.p2) for s in stats[e])}
     theory = [{"label": Estimator(1, p2, s).label(planners[s].plan.split_index, planners[s].plan.num_layers),
                "p2": p2, "split": s, "blocks": stats[s][0], "theory_ratio": theory_ratio(s, 1, p2)}
               for s in THEORY_SPLITS for p2 in THEORY_P2]

@@ -148,6 +148,8 @@ def test_whole_measurement_on_a_tiny_model(monkeypatch: pytest.MonkeyPatch, tmp_
     rows = report["estimators"]
     assert rows["MeZO"]["ratio"] == pytest.approx(1.0) and rows["MeZO"]["estimates"] == 3
     assert rows["MeZO"]["theory_ratio"] == pytest.approx(1.0)
+    # MeZO's first-order F0 is 2C·d, C one forward, d the trainable entries (the tied head counted once).
+    assert rows["MeZO"]["theory_f0"] == pytest.approx(2 * report["full_forward_flops"] * report["trainable"], rel=0.05)
     assert rows["n-SPSA (P=2)"]["theory_ratio"] == pytest.approx(1.0)
     for row in rows.values():
         assert row["curve"]["flops"][-1] >= 6.0 * report["full_forward_flops"] * 0.99
