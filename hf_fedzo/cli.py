@@ -152,6 +152,8 @@ def _add_push_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--license", default=None)
     parser.add_argument("--tag", dest="tags", action="append", default=None, help="extra card tag (repeatable)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait on any Hub request")
+    parser.add_argument("--include-training-args-bin", action="store_true",
+                        help="also upload training_args.bin (a pickle holding the run's --hub_token; off by default)")
 
 
 def _run_push(args: argparse.Namespace) -> int:
@@ -165,6 +167,7 @@ def _run_push(args: argparse.Namespace) -> int:
             merge_dtype=args.merge_dtype, timeout=args.timeout, datasets=args.datasets,
             dataset_name=args.dataset_name, dataset_config=args.dataset_config, dataset_split=args.dataset_split,
             task_type=args.task_type, license=args.license, tags=args.tags,
+            include_training_args_bin=args.include_training_args_bin,
         )
     except PushError as err:
         print(f"hf-fedzo push: {err}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -64,6 +65,9 @@ class ZOConfig(TrainingArguments, ZOArguments):
             warnings.warn("gradient_checkpointing has no effect without backward passes; disabling it.", stacklevel=2)
             self.gradient_checkpointing = False
         ZOArguments.__post_init__(self)  # TrainingArguments.__post_init__ does not chain to it
+        for name in ("learning_rate", "weight_decay"):  # NaN passes every range check and trains an all-NaN model
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number (got {getattr(self, name)})")
         super().__post_init__()
 
     @property

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_fedzo.model_card import card_info_from_record, card_tags, render_model_card
+from hf_fedzo.redaction import redact_command, redact_mapping
 from hf_fedzo.trajectory.format import TRAJECTORY_NAME
 
 __all__ = ["PushError", "PushResult", "collect_metrics", "merge_adapter", "push_run", "stage_run"]
@@ -38,10 +39,14 @@ logger = logging.getLogger(__name__)
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 # Resume-only state (optimizer/scheduler/RNG) and files the push regenerates are not published.
 _SKIP_FILES = {"README.md", "optimizer.pt", "scheduler.pt", "scaler.pt", "training_args.json"}
+# Trainer pickles its TrainingArguments, hub_token included; the redacted training_args.json replaces it.
+TRAINING_ARGS_BIN = "training_args.bin"
 _SKIP_SUFFIXES = (".tmp", ".lock", ".pth")
 _SKIP_DIRS = ("checkpoint-", "runs", "__pycache__", "wandb")
 _METRIC_FILES = ("eval_results.json", "test_results.json", "all_results.json", "metrics.json")
-FEDERATION_FILE = "federation.json"  # federation figures a federated run leaves for its card
+FEDERATION_FILE = "federation.json"
+FULL_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                     "pytorch_model.bin.index.json")  # federation figures a federated run leaves for its card
 
 
 class PushError(RuntimeError):
@@ -67,7 +72,7 @@ class PushResult:
 
 
 # --------------------------------------------------------------------------------------------- staging
-def _published(output_dir: Path, variant: str) -> Iterator[Path]:
+def _published(output_dir: Path, variant: str, include_training_args_bin: bool = False) -> Iterator[Path]:
     """Files of the run folder that belong in the repo, relative to it."""
     for root, dirs, files in os.walk(output_dir):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not d.startswith(_SKIP_DIRS))
@@ -78,7 +83,36 @@ def _published(output_dir: Path, variant: str) -> Iterator[Path]:
                 continue
             if top_level and (name in _SKIP_FILES or (variant == "merged" and name in ADAPTER_FILES)):
                 continue
+            if name == TRAINING_ARGS_BIN and not include_training_args_bin:
+                continue
             yield rel
+
+
+def check_weights(output_dir: Path, is_adapter: bool) -> None:
+    """Refuse a folder without weights: it would publish a README-only repo labelled as a model."""
+    expected = ADAPTER_FILES[1:] if is_adapter else FULL_WEIGHT_FILES
+    if any((output_dir / name).is_file() for name in expected):
+        return
+    if not any(output_dir.iterdir()):
+        raise ValueError(f"run folder {output_dir} is empty: nothing to publish")
+    what = "adapter weights" if is_adapter else "model weights (and no adapter_config.json)"
+    raise ValueError(f"run folder {output_dir} has no {what}: expected one of {', '.join(expected)}")
+
+
+def redact_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A trajectory record without secrets in its recorded command line and training arguments.
+
+    Trajectories written before redaction existed may hold a ``--hub_token``; what is published never does.
+    """
+    record = dict(record)
+    run = dict(record.get("run") or {})
+    if run.get("command"):
+        run["command"] = redact_command(str(run["command"]))
+    if run.get("training_args"):
+        run["training_args"] = redact_mapping(run["training_args"])
+    if run:
+        record["run"] = run
+    return record
 
 
 def collect_metrics(output_dir: str | os.PathLike[str]) -> dict[str, float]:
@@ -134,31 +168,38 @@ def merge_adapter(adapter_dir: str | os.PathLike[str], out_dir: str | os.PathLik
 def stage_run(output_dir: str | os.PathLike[str], staging: str | os.PathLike[str], *, merged: bool = False,
               repo_id: str | None = None, base_model: str | None = None, merge_dtype: str = "float32",
               metrics: Mapping[str, float] | None = None, federation: Mapping[str, Any] | None = None,
-              memory: Mapping[str, Any] | None = None, **card: Any) -> str:
+              memory: Mapping[str, Any] | None = None, include_training_args_bin: bool = False, **card: Any) -> str:
     """Fill ``staging`` with what a push publishes; returns the variant (``adapter``/``merged``/``full``).
 
     ``card`` sets model-card fields (``datasets``, ``dataset_name``, ``task_type``, ``license``, ``tags``,
     ``command``, ``model_name``, ``description``, …; see :class:`hf_fedzo.model_card.CardInfo`).
     Without ``federation``, a ``federation.json`` object in the run folder (clients, rounds, bytes per
-    round, …) fills the card's federation section.
+    round, …) fills the card's federation section. ``training_args.bin`` (a pickle holding the token the
+    run was given) is left out unless ``include_training_args_bin``; the redacted ``training_args.json``
+    describes the arguments.
     """
     output_dir, staging = Path(output_dir), Path(staging)
     if not output_dir.is_dir():
         raise FileNotFoundError(f"run folder {output_dir} does not exist")
     is_adapter = (output_dir / "adapter_config.json").is_file()
     variant = "merged" if merged and is_adapter else ("adapter" if is_adapter else "full")
+    check_weights(output_dir, is_adapter)
     if merged and not is_adapter:
         logger.info("%s holds full weights (no adapter_config.json): nothing to merge, pushing them as they are",
                     output_dir)
     record_path = output_dir / TRAJECTORY_NAME
-    record: dict[str, Any] = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    raw_record: dict[str, Any] = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    record = redact_record(raw_record) if raw_record else {}
     if not record:
         logger.warning("%s has no %s: the card will lack the method details and the replay block", output_dir,
                        TRAJECTORY_NAME)
 
-    for rel in _published(output_dir, variant):
+    for rel in _published(output_dir, variant, include_training_args_bin):
         (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(output_dir / rel, staging / rel)
+        if rel.as_posix() == TRAJECTORY_NAME and record != raw_record:
+            (staging / rel).write_text(json.dumps(record, indent=1) + "\n")
+        else:
+            shutil.copyfile(output_dir / rel, staging / rel)
     training_args = (record.get("run") or {}).get("training_args")
     if training_args:
         (staging / "training_args.json").write_text(json.dumps(training_args, indent=2, sort_keys=True) + "\n")
@@ -246,14 +287,15 @@ def push_run(output_dir: str | os.PathLike[str], repo_id: str, *, merged: bool =
              datasets: str | Sequence[str] | None = None, dataset_name: str | None = None,
              dataset_config: str | None = None, dataset_split: str | None = None, task_type: str | None = None,
              license: str | None = None, language: str | None = None, tags: str | Sequence[str] | None = None,
-             command: str | None = None, model_name: str | None = None,
-             description: str | None = None) -> PushResult:
+             command: str | None = None, model_name: str | None = None, description: str | None = None,
+             include_training_args_bin: bool = False) -> PushResult:
     """Publish the run in ``output_dir`` to ``repo_id`` as one commit on ``revision`` (a branch, default main).
 
     Adapter runs push the adapter (``merged=False``) or the base with the adapter merged in
     (``merged=True``; ``base_model`` overrides the recorded base, ``merge_dtype`` is ``"float32"`` or
     ``"bfloat16"``). Also published: tokenizer and config files, metrics JSON, plots (``*.png``),
-    ``trainer_state.json``, ``training_args.bin`` and ``training_args.json``, the trajectory
+    ``trainer_state.json``, ``training_args.json`` (redacted; ``training_args.bin`` only with
+    ``include_training_args_bin``: it pickles the token the run was given), the trajectory
     ``zo_trajectory.json``, and a rendered ``README.md`` whose ``model-index`` carries the eval metrics
     (``metrics`` adds to or overrides those found in the folder; ``datasets``/``dataset_name``/``task_type``
     label them). ``federation`` is an optional dict of federation figures (clients, rounds, bytes per
@@ -273,7 +315,8 @@ def push_run(output_dir: str | os.PathLike[str], repo_id: str, *, merged: bool =
                                 merge_dtype=merge_dtype, metrics=metrics, federation=federation, memory=memory,
                                 datasets=datasets, dataset_name=dataset_name, dataset_config=dataset_config,
                                 dataset_split=dataset_split, task_type=task_type, license=license, language=language,
-                                tags=tags, command=command, model_name=model_name, description=description)
+                                tags=tags, command=command, model_name=model_name, description=description,
+                                include_training_args_bin=include_training_args_bin)
         except Exception as err:  # a missing base, a bad adapter, a full disk: same contract as the upload
             raise PushError(repo_id, f"could not prepare the upload: {type(err).__name__}: {err}", output_dir) from err
         files = tuple(sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()))

@@ -20,6 +20,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from hf_fedzo.redaction import redact_command
+
 __all__ = [
     "TEMPLATE_ENV_VAR",
     "TEMPLATE_NAME",
@@ -342,7 +344,7 @@ def render_model_card(info: CardInfo, template: str | os.PathLike[str] | None = 
         dataset_label=_dataset_label(info),
         compute=_compute_rows(info),
         memory=_memory_rows(info),
-        command=info.command,
+        command=redact_command(info.command) if info.command else None,  # a card is published: no secrets
         task=_task_section(info.task),
         trajectory_file=info.trajectory_file,
         steps=_fmt(int(info.steps or 0)),

@@ -10,20 +10,92 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_fedzo.config import ZOConfig
-from hf_fedzo.engine import SeedScope, WorkCounters, ZOEstimate, ZOEstimator, ZOOptimizer
+from hf_fedzo.engine import DivergenceError, SeedScope, WorkCounters, ZOEstimate, ZOEstimator, ZOOptimizer
+from hf_fedzo.redaction import redact_command, redact_mapping
 from hf_fedzo.trajectory.format import TRAJECTORY_NAME
 from hf_fedzo.trajectory.record import Trajectory, current_command, save_trajectory
 from hf_fedzo.trajectory.tensors import capture_start
 
 logger = logging.getLogger(__name__)
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+OPTIMIZER_FILE = "optimizer.pt"  # = transformers' OPTIMIZER_NAME; it holds the ZO update history
+TRAINER_STATE_FILE = "trainer_state.json"  # written last into a checkpoint: its presence means "complete"
+
+
+def checkpoint_problem(checkpoint: str | os.PathLike[str]) -> str | None:
+    """Why ``checkpoint`` cannot be resumed from (a kill mid-save, a damaged optimizer.pt), or None.
+
+    A ZO checkpoint must carry its ``optimizer.pt``: the update history and the trajectory's starting
+    point live there, and resuming without them would silently lose the first steps of the trajectory.
+    """
+    folder = Path(checkpoint)
+    state, optimizer = folder / TRAINER_STATE_FILE, folder / OPTIMIZER_FILE
+    if not state.is_file():
+        return f"{state} is missing (the checkpoint was not completely written)"
+    try:
+        json.loads(state.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        return f"{state} cannot be read ({type(err).__name__}: {err})"
+    if not optimizer.is_file():
+        return (f"{optimizer} is missing: it holds the ZO update history, without which the trajectory of the "
+                "resumed run would lose its first steps")
+    try:
+        saved = torch.load(optimizer, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: torch raises many types
+        return f"{optimizer} cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    if not isinstance(saved, dict) or not isinstance(saved.get("zo_history"), list):
+        return f"{optimizer} is not a ZOOptimizer state (no zo_history)"
+    return None
+
+
+def last_complete_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
+    """The newest ``checkpoint-N`` in ``output_dir`` that can be resumed from; incomplete ones are reported."""
+    folder = Path(output_dir)
+    steps = sorted(((int(m[1]), p) for p in (folder.iterdir() if folder.is_dir() else [])
+                    if p.is_dir() and (m := _CHECKPOINT.match(p.name))), reverse=True)
+    for _, path in steps:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path)
+        logger.warning("skipping incomplete checkpoint %s: %s", path, problem)
+    return None
+
+
+# Consecutive estimates in which no direction changed the loss at all: the model is saturated or destroyed
+# (seen with learning rates of 1e3 and more), and further steps cannot move it. A healthy model has every
+# one of P1·P2 directions land on exactly equal losses three times running with negligible probability.
+FLAT_ESTIMATES_LIMIT = 3
+
+
+class _DivergenceGuard(TrainerCallback):
+    """Stops training right after an update that left a trainable tensor non-finite, before any save."""
+
+    def __init__(self, trainer: ZOSplitTrainer) -> None:
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        estimator = self.trainer.zo_estimator
+        broken = estimator.nonfinite_parameters() if estimator is not None and estimator.plan is not None else []
+        if broken:
+            raise DivergenceError(
+                f"step {state.global_step + 1}: the update made {len(broken)} trainable tensor(s) non-finite (first: "
+                f"{broken[0]}); training stopped and nothing was saved. Use a smaller --learning_rate "
+                f"(now {args.learning_rate}) or --zo_eps (now {args.zo_eps}).")
+
+    def on_step_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        # While no direction moves the loss the model may be destroyed: never let it replace a good checkpoint.
+        if self.trainer._zo_flat_estimates and control.should_save:
+            control.should_save = False
 
 
 def _as_zo_config(args: TrainingArguments | None) -> ZOConfig:
@@ -60,8 +132,25 @@ class ZOSplitTrainer(Trainer):
         self._zo_last_estimate: ZOEstimate | None = None
         self.zo_work = WorkCounters()  # every step's forwards and FLOPs so far
         self._zo_window: list[ZOEstimate] = []
+        self._zo_flat_estimates = 0
+        self._zo_flat_since = 0
+        self.add_callback(_DivergenceGuard(self))
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any) -> Any:
+        """``Trainer.train``; ``resume_from_checkpoint=True`` skips (and reports) incomplete checkpoints, and a
+        checkpoint without a loadable ``optimizer.pt`` is refused with a message naming the file."""
+        if resume_from_checkpoint is True:
+            found = last_complete_checkpoint(self.args.output_dir)
+            if found is None:
+                raise ValueError(f"resume_from_checkpoint=True: no complete checkpoint in {self.args.output_dir}")
+            resume_from_checkpoint = found
+        if resume_from_checkpoint and not self.args.save_only_model:
+            problem = checkpoint_problem(resume_from_checkpoint)
+            if problem is not None:
+                raise ValueError(f"cannot resume from {resume_from_checkpoint}: {problem}")
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------ optimizer
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
@@ -69,6 +158,9 @@ class ZOSplitTrainer(Trainer):
             target = model if model is not None else self.model
             self.zo_estimator = ZOEstimator(target, self.args.zo_settings)
             params = [p for p in target.parameters() if p.requires_grad]
+            if not params:  # torch would only say "optimizer got an empty parameter list"
+                raise ValueError("the model has no trainable parameters (requires_grad=True): unfreeze some weights "
+                                 "or add adapters (e.g. peft.get_peft_model) before training")
             self.optimizer = ZOOptimizer(params, self.zo_estimator, lr=self.args.learning_rate,
                                          weight_decay=self.args.weight_decay, clip_factor=self.args.zo_clip)
             # Before the first step; on resume, load_state_dict replaces it with the original run's start.
@@ -112,9 +204,24 @@ class ZOSplitTrainer(Trainer):
             packed = self.accelerator.reduce(packed, reduction="mean").cpu()
             estimate.scalars = packed[:-1].view_as(estimate.scalars).float()
             estimate.loss = float(packed[-1])
+        self._check_progress(estimate)
         optimizer.accumulate(estimate)
         self._record(estimate)
         return torch.tensor(estimate.loss / self.current_gradient_accumulation_steps, device=self.args.device)
+
+    def _check_progress(self, estimate: ZOEstimate) -> None:
+        """Refuse to go on when no direction has changed the loss for ``FLAT_ESTIMATES_LIMIT`` estimates."""
+        self._zo_flat_estimates = self._zo_flat_estimates + 1 if not bool(estimate.scalars.any()) else 0
+        if self._zo_flat_estimates == 1:
+            self._zo_flat_since = self.state.global_step  # the update of this step left the loss unresponsive
+        if self._zo_flat_estimates >= FLAT_ESTIMATES_LIMIT:
+            raise DivergenceError(
+                f"step {self.state.global_step + 1}: no perturbation has changed the loss (now {estimate.loss:.6g}) "
+                f"for {self._zo_flat_estimates} consecutive estimates: the model is saturated or destroyed. No "
+                f"checkpoint was saved since; one saved at step {self._zo_flat_since} already holds these weights, "
+                "resume from an earlier one. Use a smaller "
+                f"--learning_rate (now {self.args.learning_rate}); if the loss is still sensible, a larger --zo_eps "
+                f"(now {self.args.zo_eps}).")
 
     def _record(self, estimate: ZOEstimate) -> None:
         self._zo_last_estimate = estimate
@@ -156,8 +263,9 @@ class ZOSplitTrainer(Trainer):
         args = self.args
         run = {"global_step": self.state.global_step, "totals": self.zo_work.to_dict(),
                "learning_rate": args.learning_rate, "weight_decay": args.weight_decay,
-               "command": command if command is not None else current_command(),
-               "training_args": json.loads(json.dumps(args.to_dict(), default=str))}
+               # Never record a secret: a recipe launched with --hub_token would otherwise publish it.
+               "command": redact_command(command if command is not None else current_command()),
+               "training_args": redact_mapping(json.loads(json.dumps(args.to_dict(), default=str)))}
         return Trajectory.record(optimizer.estimator, optimizer.history, optimizer.trajectory_start, self.seed_scope,
                                  run, base_model=base_model, base_revision=base_revision)
 

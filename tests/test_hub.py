@@ -85,9 +85,10 @@ def test_push_adapter_card_and_trajectory_round_trip(fake_hub, lora_run, tmp_pat
     assert result.variant == "adapter" and result.revision == "main"
     files = fake_hub.files("user/tiny-zo-lora")
     for name in ("adapter_config.json", "adapter_model.safetensors", "README.md", "zo_trajectory.json",
-                 "training_args.bin", "training_args.json", "trainer_state.json", "eval_results.json",
+                 "training_args.json", "trainer_state.json", "eval_results.json",
                  "metrics.json", "plots/loss.png", "tokenizer.json"):
         assert name in files, name
+    assert "training_args.bin" not in files  # a pickle holding the run's hub_token: only pushed when asked
     assert not [f for f in files if f.startswith("checkpoint-") or f.endswith(("optimizer.pt", "rng_state.pth"))]
     assert files["plots/loss.png"] == PNG
     assert json.loads(files["training_args.json"])["zo_split"] == 2

@@ -265,7 +265,11 @@ def test_score_predict_evaluate(bpe, factory, kind):
     metrics = task.evaluate(model, data, batch_size=5)
     gold = torch.tensor(data["label"])
     assert metrics["accuracy"] == pytest.approx((expected.argmax(-1) == gold).float().mean().item())
-    assert set(metrics) == {"accuracy", "f1"}
+    assert set(metrics) == {"accuracy", "f1", "balanced_accuracy", "prediction_rate_0", "prediction_rate_1"}
+    predicted = expected.argmax(-1)
+    assert metrics["prediction_rate_1"] == pytest.approx(predicted.float().mean().item())
+    recalls = [(predicted[gold == k] == k).float().mean().item() for k in (0, 1)]
+    assert metrics["balanced_accuracy"] == pytest.approx(sum(recalls) / 2)
 
 
 @pytest.mark.parametrize(

@@ -119,7 +119,7 @@ def test_mismatches_are_named(tmp_path: Path) -> None:
     data["device_type"] = "cpu"
     data["updates"][0]["scalars"][0][0][0] += 1.0  # a tampered log no longer reproduces the result
     (tmp_path / "tampered.json").write_text(json.dumps(data))
-    with pytest.raises(TrajectoryMismatchError, match="did not reproduce"):
+    with pytest.raises(TrajectoryMismatchError, match="log digest check failed"):
         from_trajectory(_base(), tmp_path / "tampered.json")
     data["format"] = "something-else"
     (tmp_path / "bad.json").write_text(json.dumps(data))

@@ -17,6 +17,7 @@ from hf_fedzo.data.assets import (
     smollm2_path,
     vader_archive_path,
 )
+from hf_fedzo.data.errors import DataError
 from hf_fedzo.data.loaders import (
     DATASET_SOURCES,
     DatasetUnavailableError,
@@ -45,6 +46,7 @@ __all__ = [
     "AssetNotFoundError",
     "AssetSpec",
     "AssetStatus",
+    "DataError",
     "DatasetUnavailableError",
     "IntegrityError",
     "PyPIArtifact",

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import difflib
 import functools
+import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hf_fedzo.data.errors import DataError
 from hf_fedzo.data.vader import VADER_DOMAINS, load_vader
 from hf_fedzo.registry import Registry
 
@@ -193,6 +195,42 @@ def _file_format(path: Path, argument: str) -> tuple[str, dict[str, Any]]:
     return FILE_FORMATS[suffix]
 
 
+def _first_line(err: BaseException) -> str:
+    """The most specific message of an exception chain (``datasets`` wraps the parser's error generically)."""
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def check_text_file(path: Path, builder: str, argument: str) -> None:
+    """Refuse, in one line naming the file and line, what ``datasets`` would fail on with a long traceback."""
+    where = f"{argument}={str(path)!r}"
+    if path.stat().st_size == 0:
+        raise DataError(f"{where}: the file is empty")
+    if builder == "parquet":
+        return
+    rows = 0
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{where}: line {number} is not UTF-8 text (byte {err.start} of the line)") from None
+            if not line.strip():
+                continue
+            rows += 1
+            if builder == "json" and path.suffix.lower() == ".jsonl":
+                try:
+                    json.loads(line)
+                except ValueError as err:
+                    raise DataError(f"{where}: line {number} is not valid JSON ({err})") from None
+    if rows == 0:
+        raise DataError(f"{where}: the file holds only blank lines")
+    if builder == "csv" and rows == 1:
+        raise DataError(f"{where}: the file has a header line but no rows")
+
+
 def load_local_files(files: Mapping[str, str | os.PathLike[str]], **kwargs: Any) -> DatasetDict:
     """Load ``{split: path}`` into a ``DatasetDict``; each file's format comes from its extension.
 
@@ -210,9 +248,15 @@ def load_local_files(files: Mapping[str, str | os.PathLike[str]], **kwargs: Any)
         builder, builder_kwargs = _file_format(path, argument)
         if not path.is_file():
             raise FileNotFoundError(f"{argument}={str(path)!r} (--{argument}) is not an existing file.")
-        splits[split] = datasets.load_dataset(
-            builder, data_files={split: str(path)}, split=split, **{**builder_kwargs, **kwargs}
-        )
+        check_text_file(path, builder, argument)
+        try:
+            splits[split] = datasets.load_dataset(
+                builder, data_files={split: str(path)}, split=split, **{**builder_kwargs, **kwargs}
+            )
+        except Exception as err:  # DatasetGenerationError and friends: say which file and why, in one line
+            raise DataError(f"{argument}={str(path)!r}: cannot be read as {builder}: {_first_line(err)}") from err
+        if len(splits[split]) == 0:
+            raise DataError(f"{argument}={str(path)!r}: the file holds no rows")
     return datasets.DatasetDict(splits)
 
 

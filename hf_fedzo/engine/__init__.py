@@ -1,6 +1,6 @@
 """The ZO engine: seeded perturbations, split execution and the estimator. No Trainer imports here."""
 
-from hf_fedzo.engine.estimator import ZOEstimate, ZOEstimator
+from hf_fedzo.engine.estimator import DivergenceError, ZOEstimate, ZOEstimator
 from hf_fedzo.engine.optimizer import ZOOptimizer, ZOUpdate, apply_updates
 from hf_fedzo.engine.perturbation import (
     PERTURBATIONS,
@@ -24,6 +24,7 @@ __all__ = [
     "DEFAULT_WINDOW",
     "PERTURBATIONS",
     "DirectionApplier",
+    "DivergenceError",
     "IndexedParameter",
     "SeedScope",
     "SplitPlan",

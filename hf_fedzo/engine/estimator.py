@@ -10,6 +10,7 @@ Without a split all parameters form one block and the P1·P2 directions are full
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -24,6 +25,10 @@ from hf_fedzo.engine.work import WorkCounters
 
 LossFn = Callable[[], torch.Tensor]
 Term = tuple[int, float]  # (direction seed, coefficient)
+
+
+class DivergenceError(RuntimeError):
+    """Training broke the model (non-finite weights, or no direction moves the loss any more); stop, keep nothing."""
 
 
 @dataclass
@@ -65,7 +70,15 @@ class ZOEstimator:
                 self._executor = SplitExecutor(self._layers, self.plan.split_index)
             if not self.plan.parameters:
                 raise ValueError("the model has no trainable parameters (requires_grad=True) to perturb")
+            dtype = self.plan.parameters[0].tensor.dtype
+            if dtype.is_floating_point and self.settings.eps < torch.finfo(dtype).eps / 10:
+                warnings.warn(f"zo_eps={self.settings.eps} is below the resolution of {dtype} weights: most "
+                              "perturbations round away and the projected gradients are zero", stacklevel=2)
         return self.plan
+
+    def nonfinite_parameters(self) -> list[str]:
+        """Names of the trainable tensors holding NaN or infinity (empty while training is healthy)."""
+        return [p.name for p in self.parameters if not bool(torch.isfinite(p.tensor).all())]
 
     @property
     def parameters(self) -> list[IndexedParameter]:
@@ -124,7 +137,10 @@ class ZOEstimator:
 
         if s.difference == "central":
             scalars = (losses[..., 0] - losses[..., 1]) / (2 * eps)
-            mean_loss = float(losses.mean())
+            finite = torch.isfinite(losses)
+            # The loss of a step is the mean of its finite losses: a NaN from one bad direction would otherwise
+            # log as NaN (Trainer then logs 0.0). All finite: the plain mean, as always.
+            mean_loss = float(losses.mean()) if bool(finite.all()) else float(losses[finite].mean())
         else:
             assert baseline is not None
             scalars = (losses[..., 0] - baseline) / eps

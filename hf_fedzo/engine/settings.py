@@ -11,6 +11,7 @@ with LoRA, a starting point to tune, not a law); ε=1e-3 is MeZO's (LoRA runs wa
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -22,6 +23,7 @@ DEFAULT_P1 = 1
 DEFAULT_P2 = 4
 DEFAULT_SPLIT = "0.9"
 DIFFERENCES = ("central", "forward")
+MAX_FORWARDS_PER_STEP = 10_000  # above this one step is almost surely a typo (zo_p1/zo_p2 swapped with a size)
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,8 @@ class ZOSettings:
     layers_path: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.eps > 0:
-            raise ValueError(f"zo_eps must be > 0 (got {self.eps})")
+        if not (self.eps > 0 and math.isfinite(self.eps)):
+            raise ValueError(f"zo_eps must be a finite number > 0 (got {self.eps})")
         for name in ("p1", "p2"):
             if getattr(self, name) < 1:
                 raise ValueError(f"zo_{name} must be >= 1 (got {getattr(self, name)})")
@@ -48,6 +50,22 @@ class ZOSettings:
             raise ValueError(f"zo_perturbation: unknown distribution {self.perturbation!r}; choose from "
                              f"{sorted(PERTURBATIONS)}")
         parse_split(self.split)  # raises naming zo_split
+
+    @property
+    def forwards_per_step(self) -> int:
+        sides = 2 if self.difference == "central" else 1
+        return sides * self.p1 + sides * self.p1 * self.p2 + (self.difference == "forward")
+
+    def sanity_warnings(self) -> list[str]:
+        """Settings that are valid but almost surely a mistake (callers warn with them, once)."""
+        found = []
+        if self.eps > 1:
+            found.append(f"zo_eps={self.eps} is larger than typical weights: the finite differences measure noise, "
+                         "not a gradient (usual values 1e-4 to 1e-2)")
+        if self.forwards_per_step > MAX_FORWARDS_PER_STEP:
+            found.append(f"zo_p1={self.p1}, zo_p2={self.p2}: one step would run {self.forwards_per_step} forwards "
+                         f"(over {MAX_FORWARDS_PER_STEP})")
+        return found
 
 
 @dataclass
@@ -101,7 +119,8 @@ class ZOArguments:
     def __post_init__(self) -> None:
         if not (self.zo_clip >= 0 and math.isfinite(self.zo_clip)):
             raise ValueError(f"zo_clip must be a finite number >= 0 (got {self.zo_clip})")
-        self.engine_settings()  # every zo_* value checked once, with flag-named errors
+        for message in self.engine_settings().sanity_warnings():  # also checks every zo_* value, naming the flag
+            warnings.warn(message, stacklevel=3)
 
     def engine_settings(self, **overrides: Any) -> ZOSettings:
         """The engine's settings from the ``zo_*`` fields; ``overrides`` (same ``zo_*`` names) win."""

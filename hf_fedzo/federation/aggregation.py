@@ -5,10 +5,22 @@ so the mean of the client updates is exactly Σ_t agg_k(g_kt)·z_t: one aggregat
 and robust rules (median, trimmed mean) apply per seed across clients. With per-client seeds each
 client's directions are its own; the record carries every client's seeds and pre-weighted scalars,
 and only the (weighted) mean is defined.
+
+Untrusted clients (see ``screen_reports``, which the server runs before aggregating):
+
+* weight cap: under ``weighting="examples"`` a client's ``num_examples`` counts at most
+  ``max_weight_ratio`` times the round's median count, so one inflated count cannot take over the mean;
+* scalar bound: a report whose scalars have an L2 norm over ``max_norm_ratio`` times the round's median
+  norm is scaled down to that bound (needs at least 3 reports: with two, the median is their mean);
+* ``trimmed_mean`` cuts at least one value per side whenever there are 3 or more reports.
+
+Both only act on outliers: reports inside the bounds are aggregated by exactly the same arithmetic.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -16,6 +28,9 @@ import numpy as np
 from hf_fedzo.engine import SeedScope, ZOUpdate
 from hf_fedzo.federation.protocol import ClientReport, LogRecord, RoundSettings
 from hf_fedzo.registry import Registry
+
+logger = logging.getLogger(__name__)
+ROBUST_MIN_CLIENTS = 3  # below this, a median or trimmed mean cannot outvote one bad report
 
 # (clients, ...) stacked scalars and normalised client weights → aggregated scalars.
 Aggregator = Callable[[np.ndarray, np.ndarray, float], np.ndarray]
@@ -29,8 +44,17 @@ def _median(stacked: np.ndarray, weights: np.ndarray, trim: float) -> np.ndarray
     return np.median(stacked.astype(np.float64), axis=0).astype(np.float32)
 
 
+def trim_count(clients: int, trim: float) -> int:
+    """Values cut at each end: ``int(trim·n)``, but at least one from 3 clients on (else 10% trims nothing
+    below 10 clients), and never so many that nothing is left."""
+    cut = int(trim * clients)
+    if trim > 0 and clients >= ROBUST_MIN_CLIENTS:
+        cut = max(cut, 1)
+    return min(cut, (clients - 1) // 2)
+
+
 def _trimmed_mean(stacked: np.ndarray, weights: np.ndarray, trim: float) -> np.ndarray:
-    cut = int(trim * stacked.shape[0])
+    cut = trim_count(stacked.shape[0], trim)
     kept = np.sort(stacked.astype(np.float64), axis=0)[cut : stacked.shape[0] - cut]
     return kept.mean(axis=0).astype(np.float32)
 
@@ -57,20 +81,58 @@ def check_aggregation(aggregation: str, weighting: str, trim_fraction: float, sh
                          "use aggregation='mean' with per_client_seeds")
 
 
-def client_weights(reports: Sequence[ClientReport], weighting: str) -> np.ndarray:
+def client_weights(reports: Sequence[ClientReport], weighting: str, max_weight_ratio: float = 0.0) -> np.ndarray:
+    """Normalised weights; with ``max_weight_ratio`` > 0 each count is capped at that many times the median."""
     if weighting == "uniform":
         return np.full(len(reports), 1.0 / len(reports))
     counts = np.array([r.num_examples for r in reports], dtype=np.float64)
+    if max_weight_ratio > 0:
+        counts = np.minimum(counts, max_weight_ratio * np.median(counts))  # equal values stay bit-identical
     return counts / counts.sum()
+
+
+def capped_counts(reports: Sequence[ClientReport], max_weight_ratio: float) -> dict[int, str]:
+    """The clients whose ``num_examples`` the weight cap lowers, with why (for the round's log)."""
+    if max_weight_ratio <= 0 or not reports:
+        return {}
+    cap = max_weight_ratio * float(np.median([r.num_examples for r in reports]))
+    return {r.client_id: f"num_examples {r.num_examples} counted as {cap:g} ({max_weight_ratio:g} x the median)"
+            for r in reports if r.num_examples > cap}
+
+
+def screen_reports(reports: Sequence[ClientReport], max_norm_ratio: float,
+                   max_weight_ratio: float = 0.0) -> tuple[list[ClientReport], dict[int, str]]:
+    """Scale down reports whose scalar norm exceeds ``max_norm_ratio`` × the round's median norm.
+
+    Returns the reports to aggregate (the others unchanged, same objects) and, per clipped or capped
+    client, what was done.
+    """
+    notes = capped_counts(reports, max_weight_ratio)
+    if max_norm_ratio <= 0 or len(reports) < ROBUST_MIN_CLIENTS:
+        return list(reports), notes
+    norms = [float(np.linalg.norm(r.scalars.astype(np.float64))) for r in reports]
+    bound = max_norm_ratio * float(np.median(norms))
+    screened = []
+    for report, norm in zip(reports, norms, strict=True):
+        if norm > bound:
+            scaled = (report.scalars.astype(np.float64) * (bound / norm)).astype(np.float32)
+            report = dataclasses.replace(report, scalars=scaled)
+            notes[report.client_id] = "; ".join(filter(None, [notes.get(report.client_id), (
+                f"scalar norm {norm:.3g} clipped to {bound:.3g} ({max_norm_ratio:g} x the round's median)")]))
+        screened.append(report)
+    return screened, notes
 
 
 def aggregate_round(round_id: int, reports: Sequence[ClientReport], settings: RoundSettings, scope_base: int,
                     *, shared_seeds: bool = True, aggregation: str = "mean", weighting: str = "examples",
-                    trim_fraction: float = 0.1) -> list[LogRecord]:
+                    trim_fraction: float = 0.1, max_weight_ratio: float = 0.0) -> list[LogRecord]:
     """One log record per local step; ``reports`` must be sorted by client id (the result is order-free then)."""
     if not reports:
         return []
-    weights = client_weights(reports, weighting)
+    if aggregation != "mean" and len(reports) < ROBUST_MIN_CLIENTS:
+        logger.warning("round %d: aggregation=%r over %d report(s) cannot outvote a bad one (needs >= %d)",
+                       round_id, aggregation, len(reports), ROBUST_MIN_CLIENTS)
+    weights = client_weights(reports, weighting, max_weight_ratio)
     records = []
     for step in range(settings.local_steps):
         per_client = np.stack([r.scalars[step] for r in reports])  # (clients, P1, P2)
@@ -81,7 +143,10 @@ def aggregate_round(round_id: int, reports: Sequence[ClientReport], settings: Ro
             # apply_update averages its estimates, so pre-scaling by K·w_k gives Σ_k w_k g_k z_k.
             seeds = tuple(SeedScope(scope_base, round_id, r.client_id + 1).step_seed(step) for r in reports)
             scale = (len(reports) * weights).astype(np.float32)[:, None, None]
-            scalars = per_client * scale
+            # float32 x float32 is exact in float64, so rounding once gives the float32 product bit for bit;
+            # only a product beyond float32's range changes: it saturates instead of becoming inf.
+            limit = float(np.finfo(np.float32).max)
+            scalars = np.clip(per_client.astype(np.float64) * scale, -limit, limit).astype(np.float32)
         nested = tuple(tuple(tuple(row) for row in matrix) for matrix in scalars.tolist())
         records.append(LogRecord(round_id, ZOUpdate(seeds, nested, settings.lr, settings.weight_decay)))
     return records

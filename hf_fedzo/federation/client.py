@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hf_fedzo.engine import SeedScope, WorkCounters, ZOEstimator, apply_updates
+from hf_fedzo.engine import DivergenceError, SeedScope, WorkCounters, ZOEstimator, apply_updates
 from hf_fedzo.federation.protocol import ClientReport, LogRecord, ProtocolError, RoundInstruction, RoundSettings
 
 Batch = Mapping[str, Any]
@@ -62,7 +62,13 @@ class ZOClient:
         if rounds != sorted(rounds) or any(not self.synced_round < r <= through_round for r in rounds):
             raise ProtocolError(f"replay rounds {rounds} are not in order within ({self.synced_round}, "
                                 f"{through_round}]")
-        apply_updates(self._estimator_for(settings, batch), [r.update for r in records])
+        estimator = self._estimator_for(settings, batch)
+        apply_updates(estimator, [r.update for r in records])
+        broken = estimator.nonfinite_parameters() if records else []
+        if broken:
+            raise DivergenceError(f"round {through_round}: the aggregated update made {len(broken)} trainable "
+                                  f"tensor(s) non-finite (first: {broken[0]}); use a smaller learning_rate "
+                                  f"(now {settings.lr}) or zo_eps (now {settings.zo.eps})")
         self.synced_round = through_round
 
     @torch.no_grad()

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hf_fedzo.data.errors import DataError
 from hf_fedzo.engine import mix_seed
 from hf_fedzo.federation.client import Batch, BatchLoss
 from hf_fedzo.federation.config import FederationConfig
@@ -62,9 +63,16 @@ def task_clients(task: Any, dataset: Any, config: FederationConfig,
     """
     if config.partition == "dirichlet":
         partition_options.setdefault("alpha", config.dirichlet_alpha)
+    features = [_preprocess_row(task, index, row) for index, row in enumerate(dataset)]  # bad rows fail first
     parts = partition_dataset(dataset, config.num_clients, config.partition, seed=config.seed, **partition_options)
-    features = [task.preprocess(row) for row in dataset]
     clients = [ClientData([features[i] for i in part], task.collator) for part in parts]
     label_column = partition_options.get("label_column", "label")
     labels = dataset[label_column] if label_column in dataset.column_names else [0] * len(dataset)
     return clients, describe_partition(parts, labels)
+
+
+def _preprocess_row(task: Any, index: int, row: Any) -> Any:
+    try:
+        return task.preprocess(row)
+    except (KeyError, ValueError) as err:  # an empty cell, a bad label: name the row, in one line
+        raise DataError(f"row {index}: {str(err).strip(chr(39))}") from None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hf_fedzo.engine import ZOArguments, zo_field
-from hf_fedzo.federation.aggregation import check_aggregation
+from hf_fedzo.federation.aggregation import ROBUST_MIN_CLIENTS, check_aggregation
 from hf_fedzo.federation.partition import PARTITIONERS
 from hf_fedzo.federation.protocol import RoundSettings
 from hf_fedzo.registry import Registry
@@ -56,7 +58,14 @@ class FederationConfig(ZOArguments):
     aggregation: str = field(default="mean", metadata={
         "help": "per-seed rule across clients: mean, median or trimmed_mean"})
     weighting: str = field(default="examples", metadata={"help": "mean weights: examples or uniform"})
-    trim_fraction: float = field(default=0.1, metadata={"help": "fraction cut at each end by trimmed_mean"})
+    trim_fraction: float = field(default=0.1, metadata={
+        "help": "fraction cut at each end by trimmed_mean (at least one value per end from 3 clients on)"})
+    max_weight_ratio: float = field(default=10.0, metadata={
+        "help": "with weighting=examples, a client's num_examples counts at most this many times the round's "
+                "median (one inflated count cannot take over the mean); 0 disables"})
+    max_norm_ratio: float = field(default=10.0, metadata={
+        "help": "a report whose scalars' L2 norm exceeds this many times the round's median norm is scaled down "
+                "to it and logged (from 3 reports per round); 0 disables"})
     partition: str = field(default="dirichlet", metadata={"help": "iid, dirichlet (label skew) or domain"})
     dirichlet_alpha: float = field(default=0.5, metadata={"help": "Dirichlet concentration (smaller = more skew)"})
     dropout: float = field(default=0.0, metadata={"help": "fraction of sampled clients that drop out each round"})
@@ -68,6 +77,16 @@ class FederationConfig(ZOArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the zo_* fields
+        for name in ("learning_rate", "weight_decay", "zo_eps", "trim_fraction", "dirichlet_alpha", "dropout",
+                     "max_weight_ratio", "max_norm_ratio", "flop_budget"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):  # a NaN passes every range check below
+                raise ValueError(f"{name} must be a finite number (got {value})")
+        for name in ("max_weight_ratio", "max_norm_ratio"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 disables it; got {getattr(self, name)})")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0 (got {self.weight_decay})")
         METHODS.check(self.method)
         for name in ("num_clients", "clients_per_round", "rounds"):
             if getattr(self, name) < 1:
@@ -80,7 +99,11 @@ class FederationConfig(ZOArguments):
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be >= 0 (got {self.eval_every})")
         check_aggregation(self.aggregation, self.weighting, self.trim_fraction, not self.per_client_seeds)
-        self.round_settings()
+        reporting = self.clients_per_round - math.floor(self.dropout * self.clients_per_round)
+        if self.aggregation != "mean" and reporting < ROBUST_MIN_CLIENTS:
+            warnings.warn(f"aggregation={self.aggregation!r} with {reporting} reporting client(s) per round cannot "
+                          f"outvote one bad report: use clients_per_round >= {ROBUST_MIN_CLIENTS}", stacklevel=2)
+        self.round_settings()  # local_steps, batch_size and the method's zo_* values
 
     def budget_spent(self, flops: float) -> bool:
         return self.flop_budget is not None and flops >= self.flop_budget

@@ -8,7 +8,9 @@ tensor of the model ever appears in either direction.
 Wire format: ``MAGIC`` (4 bytes), protocol version (u16), message kind (u8), payload length (u32),
 then a UTF-8 JSON payload in which every scalar array travels as base64 little-endian float32 (exact:
 the values are float32 in memory too). Decoding checks magic, version, kind, declared length and the
-size bound before parsing anything.
+size bound before parsing anything, then the type and range of every field (an integer field must be a
+JSON integer: ``0.7``, ``"0"`` and ``true`` are refused, not coerced). Every failure, whatever the
+payload, is a :class:`ProtocolError`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import struct
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
@@ -29,17 +32,78 @@ PROTOCOL_VERSION = 2
 MAGIC = b"HFZO"
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 _HEADER = struct.Struct("<4sHBI")
+# Field bounds. Counts stay far inside float64's exact range so weights and sums never overflow; a client
+# still cannot claim most of a round's weight with a large count (see aggregation.max_weight_ratio).
+MAX_INDEX = 2**31 - 1  # rounds, client ids
+MAX_NUM_EXAMPLES = 10**12
+MAX_SHAPE = 2**16  # local steps, P1, P2
+_SEED = re.compile(r"-?[0-9]{1,20}")
 
 
 class ProtocolError(ValueError):
     """A message that is malformed or does not fit the round; nothing of it has been applied."""
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _get(data: Any, key: str, what: str) -> Any:
+    if not isinstance(data, dict):
+        raise ProtocolError(f"{what}: expected a JSON object, got {type(data).__name__}")
+    if key not in data:
+        raise ProtocolError(f"{what}: missing field {key!r}")
+    return data[key]
+
+
+def _int(data: Any, key: str, what: str, low: int = 0, high: int = MAX_INDEX) -> int:
+    value = _get(data, key, what)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"{what}: {key} must be an integer, got {_short(value)}")
+    if not low <= value <= high:
+        raise ProtocolError(f"{what}: {key}={_short(value)} is outside [{low}, {high}]")
+    return value
+
+
+def _float(data: Any, key: str, what: str) -> float:
+    value = _get(data, key, what)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ProtocolError(f"{what}: {key} must be a number, got {_short(value)}")
+    try:
+        return float(value)
+    except OverflowError as err:  # a JSON integer beyond float range
+        raise ProtocolError(f"{what}: {key} is too large") from err
+
+
+def _seed(value: Any, what: str) -> int:
+    """Seeds travel as decimal strings (u64 does not fit a JSON double)."""
+    if isinstance(value, str) and _SEED.fullmatch(value) and abs(int(value)) < 2**64:
+        return int(value)
+    raise ProtocolError(f"{what}: a seed must be a decimal string of a 64-bit integer, got {_short(value)}")
+
+
+def _list(data: Any, key: str, what: str) -> list[Any]:
+    value = _get(data, key, what)
+    if not isinstance(value, list):
+        raise ProtocolError(f"{what}: {key} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _shape(data: Any, what: str) -> tuple[int, int, int]:
+    shape = _list(data, "shape", what)
+    if len(shape) != 3:
+        raise ProtocolError(f"{what}: shape {_short(shape)} is not (local steps, P1, P2)")
+    return tuple(_int({"shape": n}, "shape", what, 1, MAX_SHAPE) for n in shape)  # type: ignore[return-value]
+
+
 def _pack_floats(values: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(values, dtype="<f4").tobytes()).decode("ascii")
 
 
-def _unpack_floats(text: str, shape: tuple[int, ...], what: str) -> np.ndarray:
+def _unpack_floats(text: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
+    if not isinstance(text, str):
+        raise ProtocolError(f"{what}: scalars must be a base64 string, got {type(text).__name__}")
     try:
         raw = base64.b64decode(text.encode("ascii"), validate=True)
     except (ValueError, UnicodeEncodeError) as err:
@@ -48,6 +112,29 @@ def _unpack_floats(text: str, shape: tuple[int, ...], what: str) -> np.ndarray:
     if len(raw) != expected:
         raise ProtocolError(f"{what}: {len(raw)} bytes of scalars where the shape {shape} needs {expected}")
     return np.frombuffer(raw, dtype="<f4").reshape(shape).astype(np.float32)
+
+
+def check_setting_types(values: dict[str, Any]) -> None:
+    """Round settings (the engine's flattened in) checked by type first: they also arrive from the wire, where
+    0.7 or "1" must not pass as an int. A missing name is left to the constructor's own error."""
+    for name in ("p1", "p2", "local_steps", "batch_size"):
+        value = values.get(name, 1)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer (got {_short(value)})")
+        if value > MAX_SHAPE:
+            raise ValueError(f"{name}={value} is over the bound {MAX_SHAPE}")
+    for name in ("eps", "lr", "weight_decay"):
+        value = values.get(name, 0.0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number (got {_short(value)})")
+    for name in ("perturbation", "difference"):
+        if not isinstance(values.get(name, ""), str):
+            raise ValueError(f"{name} must be a string (got {_short(values[name])})")
+    if values.get("layers_path") is not None and not isinstance(values["layers_path"], str):
+        raise ValueError(f"layers_path must be a string or null (got {_short(values['layers_path'])})")
+    split = values.get("split", "none")
+    if isinstance(split, bool) or not isinstance(split, str | int | float):
+        raise ValueError(f"split must be a string or a number (got {_short(split)})")
 
 
 @dataclass(frozen=True)
@@ -62,6 +149,9 @@ class RoundSettings:
     batch_size: int
 
     def __post_init__(self) -> None:
+        if not isinstance(self.zo, ZOSettings):
+            raise ValueError(f"zo must be the engine's ZOSettings (got {_short(self.zo)})")
+        check_setting_types({**asdict(self.zo), **{k: v for k, v in asdict(self).items() if k != "zo"}})
         if self.local_steps < 1:
             raise ValueError(f"local_steps must be >= 1 (got {self.local_steps})")
         if self.batch_size < 1:
@@ -79,7 +169,11 @@ class RoundSettings:
     def from_json(cls, data: dict[str, Any]) -> RoundSettings:
         """Raises ``TypeError``/``ValueError`` naming the bad field (the engine validates ``zo``)."""
         values = dict(data)
-        return cls(zo=ZOSettings(**values.pop("zo")), **values)
+        zo = values.pop("zo", None)
+        if not isinstance(zo, dict):
+            raise ValueError(f"zo must be a JSON object of engine settings (got {_short(zo)})")
+        check_setting_types({**zo, **values})  # before the engine compares anything
+        return cls(zo=ZOSettings(**zo), **values)
 
 
 @dataclass(frozen=True)
@@ -97,14 +191,20 @@ class LogRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LogRecord:
-        shape = tuple(int(n) for n in data["shape"])
-        if len(shape) != 3 or shape[0] != len(data["step_seeds"]):
-            raise ProtocolError(f"log record of round {data['round']}: shape {shape} does not match its seeds")
-        scalars = _unpack_floats(data["scalars"], shape, f"log record of round {data['round']}")
+        round_id = _int(data, "round", "log record")
+        what = f"log record of round {round_id}"
+        shape = _shape(data, what)
+        seeds = tuple(_seed(s, what) for s in _list(data, "step_seeds", what))
+        if shape[0] != len(seeds):
+            raise ProtocolError(f"{what}: shape {shape} does not match its {len(seeds)} seeds")
+        scalars = _unpack_floats(_get(data, "scalars", what), shape, what)
+        if not np.isfinite(scalars).all():
+            raise ProtocolError(f"{what}: scalars contain NaN or infinity")
+        lr, weight_decay = _float(data, "lr", what), _float(data, "weight_decay", what)
+        if not (math.isfinite(lr) and math.isfinite(weight_decay)):
+            raise ProtocolError(f"{what}: lr and weight_decay must be finite (got {lr}, {weight_decay})")
         nested = tuple(tuple(tuple(row) for row in seed) for seed in scalars.tolist())
-        update = ZOUpdate(tuple(int(s) for s in data["step_seeds"]), nested, float(data["lr"]),
-                          float(data["weight_decay"]))
-        return cls(int(data["round"]), update)
+        return cls(round_id, ZOUpdate(seeds, nested, lr, weight_decay))
 
 
 @dataclass(frozen=True)
@@ -128,12 +228,18 @@ class RoundInstruction:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RoundInstruction:
+        what = "round instruction"
+        settings_data = _get(data, "settings", what)
+        if not isinstance(settings_data, dict):
+            raise ProtocolError(f"{what}: settings must be a JSON object, got {type(settings_data).__name__}")
         try:
-            settings = RoundSettings.from_json(data["settings"])
+            settings = RoundSettings.from_json(settings_data)
         except (TypeError, ValueError) as err:
             raise ProtocolError(f"round settings: {err}") from err
-        return cls(int(data["round"]), int(data["client_id"]), int(data["seed_base"]), int(data["seed_client"]),
-                   settings, int(data["replay_after"]), tuple(LogRecord.from_json(r) for r in data["replay"]))
+        replay = tuple(LogRecord.from_json(r) for r in _list(data, "replay", what))
+        return cls(_int(data, "round", what), _int(data, "client_id", what), _seed(_get(data, "seed_base", what), what),
+                   _int(data, "seed_client", what, 0, MAX_INDEX + 1), settings, _int(data, "replay_after", what, -1),
+                   replay)
 
 
 @dataclass(frozen=True)
@@ -157,12 +263,12 @@ class ClientReport:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ClientReport:
-        shape = tuple(int(n) for n in data["shape"])
-        if len(shape) != 3:
-            raise ProtocolError(f"client report scalars: shape {shape} is not (local steps, P1, P2)")
-        scalars = _unpack_floats(data["scalars"], shape, f"report of client {data['client_id']}")
-        return cls(int(data["round"]), int(data["client_id"]), int(data["num_examples"]), scalars,
-                   float(data["loss_mean"]), float(data["loss_last"]))
+        client_id = _int(data, "client_id", "client report")
+        what = f"report of client {client_id}"
+        shape = _shape(data, what)
+        scalars = _unpack_floats(_get(data, "scalars", what), shape, what)
+        return cls(_int(data, "round", what), client_id, _int(data, "num_examples", what, 0, MAX_NUM_EXAMPLES),
+                   scalars, _float(data, "loss_mean", what), _float(data, "loss_last", what))
 
 
 Message = RoundInstruction | ClientReport
@@ -200,5 +306,7 @@ def decode(data: bytes, expect: type[Message] | None = None, max_bytes: int = MA
         return cls.from_json(json.loads(data[_HEADER.size:]))
     except ProtocolError:
         raise
-    except (KeyError, TypeError, ValueError) as err:
+    except RecursionError as err:  # deeply nested JSON: refused like any other malformed payload
+        raise ProtocolError(f"malformed {cls.__name__}: JSON nested too deeply") from err
+    except Exception as err:  # whatever a hostile payload triggers, callers catch ProtocolError only
         raise ProtocolError(f"malformed {cls.__name__}: {type(err).__name__}: {err}") from err

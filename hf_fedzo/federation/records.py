@@ -64,6 +64,7 @@ class RoundRecord:
     unanswered: list[int] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
     resynced: dict[int, int] = field(default_factory=dict)
+    clipped: dict[int, str] = field(default_factory=dict)  # what the server's screening did to a client's report
     eval: dict[str, float] | None = None
 
     @property
@@ -71,9 +72,11 @@ class RoundRecord:
         return self.work.flops
 
     def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if k not in ("work", "eval")}
+        data = {k: v for k, v in asdict(self).items() if k not in ("work", "eval", "clipped")}
         for name in ("rejected", "bytes_down", "bytes_up", "failed", "resynced"):
             data[name] = {str(k): v for k, v in data[name].items()}
+        if self.clipped:  # only rounds where screening acted carry it
+            data["clipped"] = {str(k): v for k, v in self.clipped.items()}
         data |= self.work.to_dict() | {"flops": self.flops}
         return data if self.eval is None else data | {"eval": dict(self.eval)}
 
@@ -90,7 +93,7 @@ class RoundRecord:
                    work=work, cumulative_flops=int(data["cumulative_flops"]), train_loss=data["train_loss"],
                    seconds=float(data["seconds"]), unreachable=list(data.get("unreachable", [])),
                    unanswered=list(data.get("unanswered", [])), failed=by_client("failed"),
-                   resynced=by_client("resynced"), eval=data.get("eval"))
+                   resynced=by_client("resynced"), clipped=by_client("clipped"), eval=data.get("eval"))
 
 
 @dataclass

@@ -20,11 +20,11 @@ from typing import Any
 
 from hf_fedzo.engine import WorkCounters
 from hf_fedzo.federation.config import FederationConfig
+from hf_fedzo.federation.integrity import StateFileError, read_state, restore_server, write_state
 from hf_fedzo.federation.protocol import ClientReport, LogRecord, ProtocolError, decode
 from hf_fedzo.federation.records import ClientRecord, Exchanged, FederationResult, RoundRecord
 from hf_fedzo.federation.results import write_results
 from hf_fedzo.federation.server import FederatedServer
-from hf_fedzo.reporting import write_json
 
 STATE_FILE = "federation_state.json"
 
@@ -103,12 +103,17 @@ def run_rounds(server: FederatedServer, exchange: Exchange, *,
     output = Path(output_dir) if output_dir is not None else None
     result = FederationResult()
     if output is not None and resume and exchange.resumable and (output / STATE_FILE).is_file():
-        saved = json.loads((output / STATE_FILE).read_text())
+        path = output / STATE_FILE
+        saved = read_state(path)  # verifies the checksum chain before anything is replayed
         if saved["fingerprint"] != fingerprint:
-            raise ValueError(f"{output / STATE_FILE} belongs to a different run (config or data changed); "
+            raise ValueError(f"{path} belongs to a different run (config or data changed); "
                              "use another output_dir or resume=False")
-        server.load_state_dict(saved["server"])
-        result.rounds = [RoundRecord.from_dict(r) for r in saved["rounds"]]
+        restore_server(server, saved, path)
+        try:
+            result.rounds = [RoundRecord.from_dict(r) for r in saved["rounds"]]
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise StateFileError(f"federation state {path}: a round record is malformed ({type(err).__name__}: "
+                                 f"{err})") from err
         exchange.apply(server.log, server.completed_round)
     exchange.start(server)
 
@@ -137,13 +142,12 @@ def run_rounds(server: FederatedServer, exchange: Exchange, *,
             bytes_up={c.client_id: c.bytes_up for c in exchanged.clients if c.bytes_up is not None},
             work=work, cumulative_flops=spent, train_loss=train_loss, seconds=time.perf_counter() - started,
             unreachable=exchanged.unreachable, unanswered=exchanged.unanswered, failed=exchanged.failed,
-            resynced=exchanged.resynced)
+            resynced=exchanged.resynced, clipped=dict(server.clipped))
         if evaluate is not None and exchange.is_main_process and config.evaluation_due(round_id, spent):
             record.eval = dict(evaluate())
         result.rounds.append(record)
         if output is not None and exchange.is_main_process and exchange.resumable:
-            write_json(output / STATE_FILE, {"fingerprint": fingerprint, "server": server.state_dict(),
-                                             "rounds": [r.to_dict() for r in result.rounds]})
+            write_state(output / STATE_FILE, fingerprint, server.state_dict(), [r.to_dict() for r in result.rounds])
         if on_round_end is not None:
             on_round_end(record)
         progress.update(1)

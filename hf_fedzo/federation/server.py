@@ -7,6 +7,7 @@ of a simulation — reaches the global weights by replaying the same log with th
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import random
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from hf_fedzo.engine import DEFAULT_WINDOW, clip_scalars, clip_threshold, mix_seed, recent_scalars
-from hf_fedzo.federation.aggregation import aggregate_round
+from hf_fedzo.federation.aggregation import aggregate_round, screen_reports
 from hf_fedzo.federation.config import FederationConfig
 from hf_fedzo.federation.protocol import (
     MAX_MESSAGE_BYTES,
@@ -26,6 +27,8 @@ from hf_fedzo.federation.protocol import (
     RoundInstruction,
     decode,
 )
+
+logger = logging.getLogger(__name__)
 
 _SAMPLING = 0x5A4D
 _DROPOUT = 0xD40F
@@ -57,6 +60,7 @@ class FederatedServer:
         self.completed_round = -1
         self.synced: dict[int, int] = {}  # client id → last round it replayed through
         self.current: RoundState | None = None
+        self.clipped: dict[int, str] = {}  # what screening did to the last finished round's reports, per client
         self.clipped_scalars = 0  # aggregated scalars cut by --zo_clip so far
 
     # ---------------------------------------------------------------------------------------- rounds
@@ -109,6 +113,7 @@ class FederatedServer:
         try:
             self._validate(report, state)
         except ProtocolError as err:
+            logger.warning("round %d: rejected %s", state.round, err)
             if report.client_id in state.sampled:
                 state.rejected[report.client_id] = str(err)
             raise
@@ -143,11 +148,14 @@ class FederatedServer:
     def finish_round(self) -> list[LogRecord]:
         """Aggregate the accepted reports (none: an empty round) and append the result to the log."""
         state = self._state()
-        reports = self.accepted_reports()
+        weight_ratio = self.config.max_weight_ratio if self.config.weighting == "examples" else 0.0
+        reports, self.clipped = screen_reports(self.accepted_reports(), self.config.max_norm_ratio, weight_ratio)
+        for client_id, note in self.clipped.items():
+            logger.warning("round %d, client %d: %s", state.round, client_id, note)
         records = aggregate_round(state.round, reports, self.settings, self.config.seed,
                                   shared_seeds=not self.config.per_client_seeds,
                                   aggregation=self.config.aggregation, weighting=self.config.weighting,
-                                  trim_fraction=self.config.trim_fraction)
+                                  trim_fraction=self.config.trim_fraction, max_weight_ratio=weight_ratio)
         if self.config.zo_clip:
             records = [self._clipped(record) for record in records]
         self.log.extend(records)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hf_fedzo.data import load_task_dataset
+from hf_fedzo.data import DataError, load_task_dataset
 from hf_fedzo.runs.arguments import DataArguments
 
 if TYPE_CHECKING:
@@ -18,6 +18,7 @@ def load_splits(data_args: DataArguments) -> DatasetDict:
     whatever the seed; shuffle your files if they are sorted.
 
     Raises:
+        DataError: an unreadable file, a missing split or a bad --max_*_samples (recipes print it in one line).
         DatasetUnavailableError: a Hub dataset cannot be reached; the message names the flags to use instead.
     """
     from datasets import DatasetDict
@@ -27,12 +28,12 @@ def load_splits(data_args: DataArguments) -> DatasetDict:
     missing = [split for split in ("train", "validation") if split not in raw]
     if missing:
         flags = " and ".join(f"--{split}_file" for split in missing)
-        raise ValueError(f"the data has no {'/'.join(missing)} split (splits: {sorted(raw)}); pass {flags}")
+        raise DataError(f"the data has no {'/'.join(missing)} split (splits: {sorted(raw)}); pass {flags}")
     splits = {}
     for split, limit, flag in (("train", data_args.max_train_samples, "--max_train_samples"),
                                ("validation", data_args.max_eval_samples, "--max_eval_samples")):
         if limit is not None and limit < 1:
-            raise ValueError(f"{flag} must be >= 1, got {limit}")
+            raise DataError(f"{flag} must be >= 1, got {limit}")
         data = raw[split]
         splits[split] = data.select(range(min(limit, len(data)))) if limit is not None else data
     return DatasetDict(splits)

@@ -1,4 +1,5 @@
-"""A recipe's script entry point: known "cannot get the model/data" errors end in one line and exit 2."""
+"""A recipe's script entry point: known "cannot get the model/data", unreadable data and untrustworthy
+resume-state errors end in one line and exit 2."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from hf_fedzo.data import AssetNotFoundError, DatasetUnavailableError
+from hf_fedzo.data import AssetNotFoundError, DataError, DatasetUnavailableError
+from hf_fedzo.federation.integrity import StateFileError
 from hf_fedzo.runs.models import ModelUnavailableError
 
 
@@ -17,6 +19,7 @@ def run_recipe(main: Callable[[list[str] | None], Any], argv: list[str] | None =
     """
     try:
         main(argv)
-    except (ModelUnavailableError, DatasetUnavailableError, AssetNotFoundError) as err:
+    except (ModelUnavailableError, DatasetUnavailableError, AssetNotFoundError, DataError, StateFileError,
+            FileNotFoundError) as err:  # a --*_file that does not exist is a flag error too
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

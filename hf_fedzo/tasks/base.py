@@ -92,6 +92,20 @@ def read_column(example: Mapping[str, Any], name: str, columns: Mapping[str, str
         ) from None
 
 
+def check_filled(dataset: Any, fields: Iterable[str], columns: Mapping[str, str]) -> None:
+    """Refuse a row whose prompt field is empty: a blank CSV cell arrives as None and would be trained on as
+    the literal text "None". The error names the row (0-based, header excluded) and the column."""
+    from hf_fedzo.data.errors import DataError
+
+    for name in fields:
+        column = columns.get(name, name)
+        if column not in getattr(dataset, "column_names", ()):
+            continue  # read_column names the missing column when the row is preprocessed
+        for index, value in enumerate(dataset[column]):
+            if value is None or (isinstance(value, str) and not value.strip()):
+                raise DataError(f"row {index}: column {column!r} is empty; fill in or remove that row")
+
+
 def chunks(rows: Iterable[Mapping[str, Any]], size: int) -> Iterator[list[Mapping[str, Any]]]:
     if size < 1:
         raise ValueError(f"`batch_size` must be >= 1, got {size}")

@@ -29,6 +29,7 @@ from hf_fedzo.tasks.base import (
     ModelKind,
     cached_metric,
     check_columns,
+    check_filled,
     collator_options,
     logits_from,
     pad_token_id_of,
@@ -187,6 +188,21 @@ class LabelWordTask(InferenceMixin):
             )
         return index
 
+    def _check_labels(self, dataset: Any) -> None:
+        from hf_fedzo.data.errors import DataError
+
+        column = self.columns.get(self.target, self.target)
+        if column not in getattr(dataset, "column_names", ()):
+            return
+        values = dataset[column]
+        # One bad cell makes a CSV label column text: name that cell, not the first (valid-looking) one.
+        as_text = [i for i, v in enumerate(values) if isinstance(v, str) and not v.strip().lstrip("-").isdigit()]
+        for index in as_text[:1] or range(len(values)):
+            try:
+                self.gold_index({column: values[index]})
+            except ValueError as err:
+                raise DataError(f"row {index}: {err}") from None
+
     def preprocess(self, example: Mapping[str, Any]) -> dict[str, Any]:
         """Tokenize one raw example into `input_ids` and `labels` (use with `datasets.Dataset.map`)."""
         values = {name: read_column(example, name, self.columns) for name in self.template.fields}
@@ -197,7 +213,12 @@ class LabelWordTask(InferenceMixin):
         )
 
     def preprocess_dataset(self, dataset: Any, **map_kwargs: Any) -> Any:
-        """`dataset.map(self.preprocess)`, dropping the raw columns (Trainer would keep a raw `label`)."""
+        """`dataset.map(self.preprocess)`, dropping the raw columns (Trainer would keep a raw `label`).
+
+        Rows are checked first: an empty prompt field or a bad label raises a `DataError` naming its row.
+        """
+        check_filled(dataset, self.template.fields, self.columns)
+        self._check_labels(dataset)
         map_kwargs.setdefault("remove_columns", dataset.column_names)
         return dataset.map(self.preprocess, **map_kwargs)
 

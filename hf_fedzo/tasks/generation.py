@@ -22,6 +22,7 @@ from hf_fedzo.tasks.base import (
     ModelKind,
     cached_metric,
     check_columns,
+    check_filled,
     chunks,
     collator_options,
     evaluating,
@@ -159,6 +160,7 @@ class GenerationTask:
         return {"input_ids": prompt + target[:-1], "labels": target}
 
     def preprocess_dataset(self, dataset: Any, **map_kwargs: Any) -> Any:
+        check_filled(dataset, self.template.fields, self.columns)  # an empty cell names its row
         map_kwargs.setdefault("remove_columns", dataset.column_names)
         return dataset.map(self.preprocess, **map_kwargs)
 

@@ -190,6 +190,8 @@ class PromptTemplate:
 
 
 def _field_text(value: object) -> str:
+    if value is None:  # an empty CSV cell: never prompt with the text "None"
+        raise ValueError("a prompt field is empty (None)")
     # GLUE-style sentences often end in a stray space; the template supplies all spacing.
     return str(value).strip()
 

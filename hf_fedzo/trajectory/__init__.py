@@ -13,7 +13,11 @@ should check:
 * the trainable-parameter names, shapes and dtypes in random-stream order, the device type the run
   used (CPU and CUDA generators give different z for one seed), and library versions;
 * the log itself: per optimizer step the micro-batch seeds, the P1×P2 scalars, lr and weight decay;
-* a sha256 of the final trainable tensors, which a replay must reproduce.
+* a sha256 of the final trainable tensors, which a replay must reproduce;
+* a fingerprint of the frozen base (its config and a few fixed slices of every other tensor: cheap, and
+  enough to tell a different checkpoint of the same architecture), and a sha256 of the log and settings,
+  so a failed replay says which check failed: another base, an edited log, or another device/random
+  stream. Verification needs both fingerprints: a file without them is refused unless ``verify=False``.
 
 Why the adapter's initial values are stored rather than its init seed: PEFT draws ``lora_A`` from the
 *global* torch RNG inside ``get_peft_model``, so its values depend on everything that consumed that RNG

@@ -13,7 +13,7 @@ from hf_fedzo.reporting import write_atomic
 
 TRAJECTORY_NAME = "zo_trajectory.json"
 FORMAT = "hf_fedzo.zo_trajectory"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: base_fingerprint and log_digest
 SEED_DERIVATION = (
     "step_seed = mix_seed(base, round, client, global_step, micro_batch); "
     "direction = mix_seed(step_seed, block, i, j); chunk = mix_seed(direction, parameter_index, chunk_index)"

@@ -16,6 +16,8 @@ import torch
 
 from hf_fedzo.engine import SeedScope, SplitPlan, ZOEstimator, ZOUpdate
 from hf_fedzo.engine.perturbation import CHUNK_NUMEL
+from hf_fedzo.fingerprints import log_digest
+from hf_fedzo.redaction import redact_argv
 from hf_fedzo.trajectory.format import FORMAT, FORMAT_VERSION, SEED_DERIVATION, check_format, read_record, write_record
 from hf_fedzo.trajectory.tensors import dtype_name, fingerprint
 
@@ -41,6 +43,8 @@ class Trajectory:
     initial_adapter: dict[str, dict[str, Any]] | None = None  # name -> encoded tensor
     initial_fingerprint: str | None = None
     final_fingerprint: str | None = None
+    base_fingerprint: str | None = None
+    log_digest: str | None = None
     versions: dict[str, str] = field(default_factory=dict)
     run: dict[str, Any] = field(default_factory=dict)
 
@@ -79,13 +83,14 @@ class Trajectory:
         config = getattr(base, "config", None)
         name_or_path = getattr(config, "_name_or_path", None) or None
         params = estimator.plan.parameters
+        settings, plan = asdict(estimator.settings), plan_dict(estimator.plan)
         peft_config = adapter_name = None
         if hasattr(model, "peft_config"):
             adapter_name = getattr(model, "active_adapter", None) or "default"
             peft_config = peft_config_dict(model.peft_config[adapter_name])
         return cls(
-            settings=asdict(estimator.settings),
-            plan=plan_dict(estimator.plan),
+            settings=settings,
+            plan=plan,
             parameters=[{"name": p.name, "shape": list(p.tensor.shape), "dtype": dtype_name(p.tensor.dtype),
                          "decay": p.decay} for p in params],
             updates=list(updates),
@@ -101,6 +106,8 @@ class Trajectory:
             initial_adapter=start.get("initial_adapter"),
             initial_fingerprint=start.get("initial_fingerprint"),
             final_fingerprint=fingerprint((p.name, p.tensor) for p in params),
+            base_fingerprint=start.get("base_fingerprint"),
+            log_digest=log_digest(settings, plan, updates),
             versions=versions(__version__),
             run=dict(run),
         )
@@ -136,7 +143,8 @@ def versions(hf_fedzo_version: str) -> dict[str, str]:
 
 
 def current_command() -> str:
-    """This process's command line as one would type it again (``python train.py …``, ``python -m pkg …``)."""
+    """This process's command line as one would type it again (``python train.py …``, ``python -m pkg …``),
+    with secrets (``--hub_token``, token-shaped values) redacted."""
     script = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path("python")
     if script.name == "__main__.py":
         head = ["python", "-m", script.parent.name]
@@ -144,7 +152,7 @@ def current_command() -> str:
         head = ["python", str(script)]
     else:
         head = [script.name]
-    return shlex.join([*head, *sys.argv[1:]])
+    return shlex.join([*head, *redact_argv(sys.argv[1:])])
 
 
 class Recordable(Protocol):

@@ -16,6 +16,7 @@ from torch import nn
 
 from hf_fedzo.engine import IndexedParameter, SplitPlan, ZOEstimator, ZOSettings, apply_updates, trainable_parameters
 from hf_fedzo.engine.perturbation import CHUNK_NUMEL
+from hf_fedzo.fingerprints import base_fingerprint, log_digest
 from hf_fedzo.trajectory.record import Trajectory, load_trajectory
 from hf_fedzo.trajectory.tensors import TrajectoryMismatchError, decode_tensor, dtype_name, fingerprint
 
@@ -34,11 +35,15 @@ def from_trajectory(model_or_path: nn.Module | str | os.PathLike[str] | None,
     applied in place. Returns the model, fine-tuned.
 
     The replay must run on the recorded device type: CPU and CUDA generators draw different z for the
-    same seed. With ``verify`` (default) the starting and final trainable tensors are checked against
-    the recorded sha256 and a :class:`TrajectoryMismatchError` says which one differs.
+    same seed. With ``verify`` (default) the log digest, the base fingerprint and the starting and final
+    trainable tensors are checked, and a :class:`TrajectoryMismatchError` says which check failed; a
+    trajectory without its fingerprints is refused (pass ``verify=False`` to replay it unchecked). When
+    a check fails, a model passed in is left as it was (values, trainable flags, no adapter added).
     """
     if not isinstance(trajectory, Trajectory):
         trajectory = load_trajectory(trajectory)
+    if verify:
+        _check_record(trajectory)
     _check_environment(trajectory)
     model = _load_base(model_or_path, trajectory, dtype, device, from_pretrained_kwargs)
     device_type = next(model.parameters()).device.type
@@ -48,41 +53,73 @@ def from_trajectory(model_or_path: nn.Module | str | os.PathLike[str] | None,
             f"draw different z for one seed, so the replay must run on {trajectory.device_type!r} (pass "
             f"device={trajectory.device_type!r} or move the model there)"
         )
-    if trajectory.is_peft and not hasattr(model, "peft_config"):
-        from peft import get_peft_config, get_peft_model
-
-        model = get_peft_model(model, get_peft_config(dict(trajectory.peft_config or {})),
-                               adapter_name=trajectory.adapter_name or "default")
     recorded = set(trajectory.parameter_names)
-    for name, tensor in model.named_parameters():
-        tensor.requires_grad_(name in recorded)
-    params = _matching_parameters(model, trajectory)
+    if verify and trajectory.base_fingerprint not in (None, base_fingerprint(model, recorded)):
+        raise TrajectoryMismatchError(
+            "base fingerprint check failed: the frozen base weights or config differ from the run's base "
+            f"({trajectory.base_model!r} at revision {trajectory.base_revision!r}, dtype {trajectory.model_dtype})")
+    flags = {name: tensor.requires_grad for name, tensor in model.named_parameters()}
+    wrapped = trajectory.is_peft and not hasattr(model, "peft_config")
+    saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+    try:
+        if wrapped:
+            from peft import get_peft_config, get_peft_model
+
+            model = get_peft_model(model, get_peft_config(dict(trajectory.peft_config or {})),
+                                   adapter_name=trajectory.adapter_name or "default")
+        for name, tensor in model.named_parameters():
+            tensor.requires_grad_(name in recorded)
+        params = _matching_parameters(model, trajectory)
+        # A copy of what the replay overwrites, so a failed check hands the caller's model back unchanged.
+        saved = [(p.tensor, p.tensor.detach().to("cpu", copy=True)) for p in params]
+        _replay_checked(model, params, trajectory, verify)
+    except BaseException:
+        with torch.no_grad():
+            for tensor, copy in saved:
+                tensor.copy_(copy)
+        if wrapped and hasattr(model, "unload"):
+            model = model.unload()  # takes the adapter layers out again
+        for name, tensor in model.named_parameters():
+            if name in flags:
+                tensor.requires_grad_(flags[name])
+        raise
+    return model
+
+
+def _check_record(trajectory: Trajectory) -> None:
+    """What can be checked without a model: the fingerprints exist and the log is the one recorded."""
+    missing = [name for name in ("initial_fingerprint", "final_fingerprint") if getattr(trajectory, name) is None]
+    if missing:
+        raise TrajectoryMismatchError(f"the trajectory has no {' or '.join(missing)}: it cannot be verified; pass "
+                                      "verify=False to replay it unchecked")
+    if trajectory.log_digest is not None and trajectory.log_digest != log_digest(
+            trajectory.settings, trajectory.plan, trajectory.updates):
+        raise TrajectoryMismatchError("log digest check failed: the update log or the ZO settings (scalars, lr, "
+                                      "weight decay, eps, plan) were edited after the run")
+
+
+def _replay_checked(model: nn.Module, params: list[IndexedParameter], trajectory: Trajectory, verify: bool) -> None:
     with torch.no_grad():
         if trajectory.initial_adapter is not None:
             for p in params:
                 p.tensor.copy_(decode_tensor(trajectory.initial_adapter[p.name]))
-    if verify:
-        _check_fingerprint(params, trajectory.initial_fingerprint,
-                           "the trainable tensors do not start where the run started: load the recorded base model "
-                           f"({trajectory.base_model!r} at revision {trajectory.base_revision!r}, dtype "
-                           f"{trajectory.model_dtype})")
+    if verify and fingerprint((p.name, p.tensor) for p in params) != trajectory.initial_fingerprint:
+        raise TrajectoryMismatchError(
+            "initial fingerprint check failed: the trainable tensors do not start where the run started: load the "
+            f"recorded base model ({trajectory.base_model!r} at revision {trajectory.base_revision!r}, dtype "
+            f"{trajectory.model_dtype})"
+        )
 
     estimator = ZOEstimator(model, ZOSettings(**trajectory.settings))
     estimator.plan = _plan_from_dict(trajectory.plan, params)
     with torch.no_grad():
         apply_updates(estimator, trajectory.updates, retrace=True)
-    if verify:
-        _check_fingerprint(params, trajectory.final_fingerprint,
-                           "the replay did not reproduce the trained weights: it must run on the same device type "
-                           f"({trajectory.device_type}) and torch random streams as the run (versions recorded: "
-                           f"{trajectory.versions}; here torch {torch.__version__})")
-    return model
-
-
-def _check_fingerprint(params: Sequence[IndexedParameter], recorded: str | None, mismatch: str) -> None:
-    """Raise ``TrajectoryMismatchError(mismatch)`` unless the tensors hash to ``recorded`` (None: not recorded)."""
-    if recorded is not None and fingerprint((p.name, p.tensor) for p in params) != recorded:
-        raise TrajectoryMismatchError(mismatch)
+    if verify and fingerprint((p.name, p.tensor) for p in params) != trajectory.final_fingerprint:
+        raise TrajectoryMismatchError(
+            "final fingerprint check failed (the log, base and start all matched): the replay did not reproduce "
+            f"the trained weights, so it ran on another device type than the run's ({trajectory.device_type}) or "
+            f"other torch random streams (versions recorded: {trajectory.versions}; here torch {torch.__version__})"
+        )
 
 
 def _check_environment(trajectory: Trajectory) -> None:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from hf_fedzo.engine import trainable_parameters
+from hf_fedzo.fingerprints import base_fingerprint
 
 HASH_CHUNK = 1 << 24  # elements copied to host at a time while hashing (bounded host memory on GPU)
 
@@ -67,7 +68,8 @@ def capture_start(model: nn.Module) -> dict[str, Any]:
     checkpoint on the Hub holds (a full-weight run starts from the base model itself).
     """
     params = trainable_parameters(model)
-    start: dict[str, Any] = {"initial_fingerprint": fingerprint((p.name, p.tensor) for p in params)}
+    start: dict[str, Any] = {"initial_fingerprint": fingerprint((p.name, p.tensor) for p in params),
+                             "base_fingerprint": base_fingerprint(model, (p.name for p in params))}
     if hasattr(model, "peft_config"):
         start["initial_adapter"] = {p.name: encode_tensor(p.tensor) for p in params}
     return start
