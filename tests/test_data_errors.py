@@ -73,3 +73,17 @@ def test_recipe_prints_a_data_error_as_one_line_and_exits_2(tmp_path: Path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == "error: row 2: column 'sentence' is empty; fill in or remove that row"
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_federated_clients_refuse_a_blank_sentence_naming_its_row(blank: str) -> None:
+    """The federation builds its clients row by row: the task's own row checks still run first."""
+    from datasets import Dataset
+
+    from hf_fedzo.federation import FederationConfig, task_clients
+
+    data = Dataset.from_list([{"sentence": "a fine film", "label": 1}, {"sentence": blank, "label": 0},
+                              {"sentence": "dull", "label": 0}])
+    config = FederationConfig(num_clients=2, clients_per_round=1, partition="iid")
+    with pytest.raises(DataError, match="row 1: column 'sentence' is empty"):
+        task_clients(_task(), data, config)

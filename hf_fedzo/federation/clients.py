@@ -63,6 +63,9 @@ def task_clients(task: Any, dataset: Any, config: FederationConfig,
     """
     if config.partition == "dirichlet":
         partition_options.setdefault("alpha", config.dirichlet_alpha)
+    check_rows = getattr(task, "check_rows", None)  # the tasks' own row checks (an empty "" cell, a bad label)
+    if check_rows is not None:
+        check_rows(dataset)
     features = [_preprocess_row(task, index, row) for index, row in enumerate(dataset)]  # bad rows fail first
     parts = partition_dataset(dataset, config.num_clients, config.partition, seed=config.seed, **partition_options)
     clients = [ClientData([features[i] for i in part], task.collator) for part in parts]

@@ -212,13 +212,17 @@ class LabelWordTask(InferenceMixin):
             self._prefix_special + encoded.prefix, encoded.suffix + self._suffix_special, gold
         )
 
+    def check_rows(self, dataset: Any) -> None:
+        """Refuse an empty prompt field or a bad label with a `DataError` naming its row (before any training)."""
+        check_filled(dataset, self.template.fields, self.columns)
+        self._check_labels(dataset)
+
     def preprocess_dataset(self, dataset: Any, **map_kwargs: Any) -> Any:
         """`dataset.map(self.preprocess)`, dropping the raw columns (Trainer would keep a raw `label`).
 
-        Rows are checked first: an empty prompt field or a bad label raises a `DataError` naming its row.
+        Rows are checked first (`check_rows`).
         """
-        check_filled(dataset, self.template.fields, self.columns)
-        self._check_labels(dataset)
+        self.check_rows(dataset)
         map_kwargs.setdefault("remove_columns", dataset.column_names)
         return dataset.map(self.preprocess, **map_kwargs)
 

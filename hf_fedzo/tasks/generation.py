@@ -159,8 +159,12 @@ class GenerationTask:
         prompt = self.encode_prompt(example, reserve=len(target) - 1)
         return {"input_ids": prompt + target[:-1], "labels": target}
 
+    def check_rows(self, dataset: Any) -> None:
+        """Refuse an empty prompt field with a `DataError` naming its row (before any training)."""
+        check_filled(dataset, self.template.fields, self.columns)
+
     def preprocess_dataset(self, dataset: Any, **map_kwargs: Any) -> Any:
-        check_filled(dataset, self.template.fields, self.columns)  # an empty cell names its row
+        self.check_rows(dataset)
         map_kwargs.setdefault("remove_columns", dataset.column_names)
         return dataset.map(self.preprocess, **map_kwargs)
 
