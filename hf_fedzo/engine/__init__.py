@@ -17,11 +17,10 @@ from hf_fedzo.engine.split import (
     trainable_parameters,
     trainable_tensors,
 )
-from hf_fedzo.engine.stability import DEFAULT_WINDOW, clip_scalars, clip_threshold, recent_scalars
+from hf_fedzo.engine.stability import clip_scalars, clip_threshold, history_threshold, recent_scalars
 from hf_fedzo.engine.work import WorkCounters
 
 __all__ = [
-    "DEFAULT_WINDOW",
     "PERTURBATIONS",
     "DirectionApplier",
     "DivergenceError",
@@ -41,6 +40,7 @@ __all__ = [
     "clip_threshold",
     "direction_seed",
     "find_layer_stack",
+    "history_threshold",
     "mix_seed",
     "recent_scalars",
     "register_perturbation",

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from hf_fedzo.engine.estimator import ZOEstimate, ZOEstimator
-from hf_fedzo.engine.stability import DEFAULT_WINDOW, clip_scalars, clip_threshold, recent_scalars
+from hf_fedzo.engine.stability import clip_scalars, history_threshold
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,17 @@ class ZOUpdate:
         estimates = list(estimates)
         return cls(
             tuple(e.step_seed for e in estimates),
-            tuple(tuple(tuple(row) for row in e.scalars.tolist()) for e in estimates),
+            cls.nest(torch.stack([e.scalars for e in estimates])),
             float(lr),
             float(weight_decay),
         )
+
+    @staticmethod
+    def nest(scalars: Any) -> tuple[tuple[tuple[float, ...], ...], ...]:
+        """A `(estimates, P1, P2)` array or tensor as the nested tuples a record holds."""
+        if scalars.ndim != 3:
+            raise ValueError(f"scalars must be (estimates, P1, P2), got shape {tuple(scalars.shape)}")
+        return tuple(tuple(tuple(row) for row in matrix) for matrix in scalars.tolist())
 
     def pairs(self) -> list[tuple[int, torch.Tensor]]:
         pairs = zip(self.step_seeds, self.scalars, strict=True)
@@ -102,8 +109,7 @@ class ZOOptimizer(torch.optim.Optimizer):
             return loss
         group = self.param_groups[0]
         if self.clip_factor > 0:
-            threshold = clip_threshold(recent_scalars([u.scalars for u in self.history[-DEFAULT_WINDOW:]]),
-                                       self.clip_factor)
+            threshold = history_threshold([u.scalars for u in self.history], self.clip_factor)
             for estimate in self.pending:
                 estimate.scalars, count = clip_scalars(estimate.scalars, threshold)
                 self.clipped_scalars += count

@@ -39,6 +39,11 @@ def clip_threshold(recent: Sequence[float], factor: float) -> float | None:
     return factor * rms if rms > 0 else None
 
 
+def history_threshold(records: Sequence[Sequence], factor: float) -> float | None:
+    """`clip_threshold` of the last `DEFAULT_WINDOW` scalars in `records` (an optimizer history, a server log)."""
+    return clip_threshold(recent_scalars(records[-DEFAULT_WINDOW:]), factor)
+
+
 def clip_scalars(scalars: torch.Tensor, threshold: float | None) -> tuple[torch.Tensor, int]:
     """`scalars` clamped to ±`threshold` (unchanged, the same tensor, when it is `None`), and how many were cut."""
     if threshold is None:

@@ -147,6 +147,5 @@ def aggregate_round(round_id: int, reports: Sequence[ClientReport], settings: Ro
             # only a product beyond float32's range changes: it saturates instead of becoming inf.
             limit = float(np.finfo(np.float32).max)
             scalars = np.clip(per_client.astype(np.float64) * scale, -limit, limit).astype(np.float32)
-        nested = tuple(tuple(tuple(row) for row in matrix) for matrix in scalars.tolist())
-        records.append(LogRecord(round_id, ZOUpdate(seeds, nested, settings.lr, settings.weight_decay)))
+        records.append(LogRecord(round_id, ZOUpdate(seeds, ZOUpdate.nest(scalars), settings.lr, settings.weight_decay)))
     return records

@@ -203,8 +203,7 @@ class LogRecord:
         lr, weight_decay = _float(data, "lr", what), _float(data, "weight_decay", what)
         if not (math.isfinite(lr) and math.isfinite(weight_decay)):
             raise ProtocolError(f"{what}: lr and weight_decay must be finite (got {lr}, {weight_decay})")
-        nested = tuple(tuple(tuple(row) for row in seed) for seed in scalars.tolist())
-        return cls(round_id, ZOUpdate(seeds, nested, lr, weight_decay))
+        return cls(round_id, ZOUpdate(seeds, ZOUpdate.nest(scalars), lr, weight_decay))
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hf_fedzo.engine import DEFAULT_WINDOW, clip_scalars, clip_threshold, mix_seed, recent_scalars
+from hf_fedzo.engine import ZOUpdate, clip_scalars, history_threshold, mix_seed
 from hf_fedzo.federation.aggregation import aggregate_round, screen_reports
 from hf_fedzo.federation.config import FederationConfig
 from hf_fedzo.federation.protocol import (
@@ -166,14 +166,12 @@ class FederatedServer:
     def _clipped(self, record: LogRecord) -> LogRecord:
         """``record`` with its scalars clipped against the log so far (the threshold is a function of the log,
         so a resumed server clips exactly as the first one did)."""
-        threshold = clip_threshold(recent_scalars(r.update.scalars for r in self.log[-DEFAULT_WINDOW:]),
-                                   self.config.zo_clip)
+        threshold = history_threshold([r.update.scalars for r in self.log], self.config.zo_clip)
         if threshold is None:
             return record
         scalars, count = clip_scalars(torch.tensor(record.update.scalars, dtype=torch.float32), threshold)
         self.clipped_scalars += count
-        nested = tuple(tuple(tuple(row) for row in matrix) for matrix in scalars.tolist())
-        return dataclasses.replace(record, update=dataclasses.replace(record.update, scalars=nested))
+        return dataclasses.replace(record, update=dataclasses.replace(record.update, scalars=ZOUpdate.nest(scalars)))
 
     def _state(self) -> RoundState:
         if self.current is None:
