@@ -108,14 +108,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     evaluate = lambda m: task.evaluate(m, validation, batch_size=run.eval_batch_size)  # noqa: E731
     validation_zero_shot = evaluate(model)["accuracy"] if state.is_main_process else None
     labels = held_out[task.target] if task.target in held_out.column_names else []
+    prompt = TaskSpec.from_task(task).to_dict()
     summary: dict[str, Any] = {"model": model_args.model_name_or_path, "dataset": data_args.source,
-                               "prompt": TaskSpec.from_task(task).to_dict(),
+                               "prompt": prompt,
                                "prompt_selection": selection.as_dict() if selection else None,
                                "held_out_examples": len(held_out), "majority_rate": majority_rate(labels),
                                "zero_shot_accuracy": zero_shot and zero_shot["accuracy"], "zero_shot": zero_shot,
                                "partition": partition, "methods": {}}
     run_info = {"model": model_args.model_name_or_path, "dataset": data_args.source, "task": data_args.task,
-                "peft": model_args.peft, "lora_r": model_args.lora_r}
+                "peft": model_args.peft, "lora_r": model_args.lora_r,
+                "prompt": prompt}  # in the resume fingerprint: a run with another prompt is never reused
     curves, budget = {}, federation.flop_budget
     methods = [federation.method, *(m for m in run.compare_with if m != "none")]
     for index, method in enumerate(methods):

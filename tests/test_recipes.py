@@ -220,3 +220,14 @@ def test_bad_flags_end_in_one_error_line_naming_them(tmp_path: Path, capsys: pyt
             load_recipe("federated").main(argv)
         assert exit_info.value.code == 2
         assert named in capsys.readouterr().err
+
+
+def test_federated_run_with_another_prompt_is_never_resumed(assets: dict[str, Path], tmp_path: Path) -> None:
+    """The prompt is part of the run's identity: a finished run in --output_dir is not reused for another one."""
+    argv = ["--output_dir", str(tmp_path / "fed"), "--model_name_or_path", str(assets["llama"]), "--train_file",
+            str(assets["train"]), "--validation_file", str(assets["dev"]), "--num_clients", "2",
+            "--clients_per_round", "1", "--rounds", "1", "--batch_size", "2", "--partition", "iid", "--zo_p2", "2",
+            "--threads", "1", "--compare_with", "none"]
+    load_recipe("federated").main(argv)
+    with pytest.raises(ValueError, match="belongs to a different run"):
+        load_recipe("federated").main([*argv, "--prompt", "Review: {sentence}\\nSentiment:{label}"])
