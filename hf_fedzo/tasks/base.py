@@ -6,12 +6,17 @@ import functools
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 ModelKind = Literal["mlm", "causal"]
+AnyModel = PreTrainedModel | torch.nn.Module
+"""A model the tasks score: a transformers model, or any module taking the same batch keywords."""
+Examples = Iterable[Mapping[str, Any]]
+"""Raw dataset rows (column name → value) or already preprocessed features."""
 IGNORE_INDEX = -100
 
 
@@ -118,11 +123,6 @@ def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def collator_options(task: Any) -> dict[str, Any]:
-    """The padding and forward options every task's collator takes from the task's fields of the same names."""
-    return {name: getattr(task, name) for name in ("pad_to_multiple_of", "logits_to_keep", "position_ids")}
-
-
 @contextmanager
 def evaluating(model: torch.nn.Module) -> Iterator[torch.device]:
     """Eval mode and ``inference_mode`` for the block, training mode restored after; yields the model's device."""
@@ -133,6 +133,44 @@ def evaluating(model: torch.nn.Module) -> Iterator[torch.device]:
             yield model_device(model)
     finally:
         model.train(was_training)
+
+
+@dataclass(eq=False, kw_only=True)
+class PromptTask:
+    """What every prompt task shares: keyword-only collator options (keyword-only, so each task keeps its own
+    positional fields) and the bundle of Trainer hooks. A task defines `collator`, `compute_loss`,
+    `preprocess_logits_for_metrics` and `compute_metrics`.
+
+    Args:
+        add_special_tokens: add the tokenizer's special tokens around the prompt (BOS/CLS; for masked LMs
+            also EOS/SEP).
+        logits_to_keep, position_ids: collator options for causal LMs whose forward lacks those kwargs.
+        pad_to_multiple_of: pad batch length to a multiple of this.
+        name: free-form task name (set by `from_preset`).
+    """
+
+    add_special_tokens: bool = True
+    logits_to_keep: bool = True
+    position_ids: bool = True
+    pad_to_multiple_of: int | None = None
+    name: str | None = None
+
+    def collator_options(self) -> dict[str, Any]:
+        """The padding and forward options every task's collator takes."""
+        return {
+            "pad_to_multiple_of": self.pad_to_multiple_of,
+            "logits_to_keep": self.logits_to_keep,
+            "position_ids": self.position_ids,
+        }
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        """`Trainer(..., **task.trainer_kwargs())`: collator, loss, logits reduction and metrics."""
+        return {
+            "data_collator": self.collator,
+            "compute_loss_func": self.compute_loss,
+            "preprocess_logits_for_metrics": self.preprocess_logits_for_metrics,
+            "compute_metrics": self.compute_metrics,
+        }
 
 
 class InferenceMixin:

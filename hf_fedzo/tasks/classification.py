@@ -15,22 +15,24 @@ logits (the normalizer cancels), so both paths report log-probabilities as score
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import EvalPrediction, PreTrainedTokenizerBase
 
 from hf_fedzo.tasks.base import (
+    AnyModel,
+    Examples,
     InferenceMixin,
     ModelKind,
+    PromptTask,
     cached_metric,
     check_columns,
     check_filled,
-    collator_options,
     logits_from,
     pad_token_id_of,
     read_column,
@@ -71,7 +73,7 @@ def majority_rate(labels: Sequence[int]) -> float | None:
 
 
 @dataclass(eq=False)  # identity semantics: tasks hold tokenizers and are used as hooks
-class LabelWordTask(InferenceMixin):
+class LabelWordTask(PromptTask, InferenceMixin):
     """A prompt-based classification task for `Trainer` (first-order baseline) and `ZOSplitTrainer`.
 
     Example:
@@ -96,13 +98,10 @@ class LabelWordTask(InferenceMixin):
             `{"sentence": "text", "label": "stars"}`.
         max_length: the longest row fed to the model; template fields are truncated to fit.
         target: the name of the gold-label column (before `columns` mapping).
-        add_special_tokens: add the tokenizer's BOS/CLS (and, for masked LMs, EOS/SEP) around the prompt.
-        logits_to_keep, position_ids: collator options for causal LMs whose forward lacks those kwargs.
-        pad_to_multiple_of: pad batch length to a multiple of this.
-        name: free-form task name (set by `from_preset`).
         score_bias: one number per class added to the class log-probabilities before the loss and the
             prediction: contextual calibration (Zhao et al., 2021) stores minus the scores of content-free
             inputs here (see `hf_fedzo.tasks.selection`). `None`: no calibration.
+        The keyword-only collator options are `PromptTask`'s.
     """
 
     tokenizer: PreTrainedTokenizerBase = field(repr=False)
@@ -112,11 +111,6 @@ class LabelWordTask(InferenceMixin):
     columns: Mapping[str, str] | None = None
     max_length: int = 256
     target: str = LABEL_SLOT
-    add_special_tokens: bool = True
-    logits_to_keep: bool = True
-    position_ids: bool = True
-    pad_to_multiple_of: int | None = None
-    name: str | None = None
     score_bias: Sequence[float] | None = None
     scorer: LabelWordScorer = field(init=False, repr=False)
     collator: Any = field(init=False, repr=False)
@@ -147,7 +141,7 @@ class LabelWordTask(InferenceMixin):
         self._budget = self.max_length - len(prefix) - len(self._suffix_special) - self.scorer.slot_tokens
         if self._budget <= 0:
             raise ValueError(f"`max_length`={self.max_length} leaves no room for the prompt")
-        self.collator = self.scorer.collator(pad_token_id_of(self.tokenizer), **collator_options(self))
+        self.collator = self.scorer.collator(pad_token_id_of(self.tokenizer), **self.collator_options())
 
     @classmethod
     def from_preset(
@@ -268,20 +262,9 @@ class LabelWordTask(InferenceMixin):
             np.asarray(predictions).argmax(-1), np.asarray(label_ids).max(-1), self.num_classes
         )
 
-    def trainer_kwargs(self) -> dict[str, Any]:
-        """`Trainer(..., **task.trainer_kwargs())`: collator, loss, logits reduction and metrics."""
-        return {
-            "data_collator": self.collator,
-            "compute_loss_func": self.compute_loss,
-            "preprocess_logits_for_metrics": self.preprocess_logits_for_metrics,
-            "compute_metrics": self.compute_metrics,
-        }
-
     # --- zero-shot / standalone evaluation -------------------------------------------------------------
 
-    def scores_and_gold(
-        self, model: PreTrainedModel | torch.nn.Module, data: Iterable[Mapping[str, Any]], batch_size: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def scores_and_gold(self, model: AnyModel, data: Examples, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Class scores `(N, C)` and gold class indices `(N,)` for raw or preprocessed examples, in input order."""
         features = [row if "input_ids" in row else self.preprocess(row) for row in data]
         if not features:
@@ -297,30 +280,15 @@ class LabelWordTask(InferenceMixin):
         inverse[torch.tensor(order)] = torch.arange(len(order))
         return torch.cat(scores)[inverse], torch.cat(gold)[inverse]
 
-    def score(
-        self,
-        model: PreTrainedModel | torch.nn.Module,
-        data: Iterable[Mapping[str, Any]],
-        batch_size: int = 16,
-    ) -> torch.Tensor:
+    def score(self, model: AnyModel, data: Examples, batch_size: int = 16) -> torch.Tensor:
         """Class log-probabilities `(N, C)` for raw or preprocessed examples, batched, without gradients."""
         return self.scores_and_gold(model, data, batch_size)[0]
 
-    def predict(
-        self,
-        model: PreTrainedModel | torch.nn.Module,
-        data: Iterable[Mapping[str, Any]],
-        batch_size: int = 16,
-    ) -> torch.Tensor:
+    def predict(self, model: AnyModel, data: Examples, batch_size: int = 16) -> torch.Tensor:
         """Predicted class indices `(N,)`."""
         return self.score(model, data, batch_size).argmax(-1)
 
-    def evaluate(
-        self,
-        model: PreTrainedModel | torch.nn.Module,
-        data: Iterable[Mapping[str, Any]],
-        batch_size: int = 16,
-    ) -> dict[str, float]:
+    def evaluate(self, model: AnyModel, data: Examples, batch_size: int = 16) -> dict[str, float]:
         """Accuracy, macro-F1, balanced accuracy and per-class prediction rates of `model` on labeled examples
         (e.g. zero-shot, before fine-tuning); see `classification_metrics`."""
         scores, gold = self.scores_and_gold(model, data, batch_size)

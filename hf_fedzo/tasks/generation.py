@@ -8,7 +8,7 @@ predict answer tokens. Evaluation generates greedily and scores exact match and 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,12 +19,13 @@ from transformers import EvalPrediction, PreTrainedModel, PreTrainedTokenizerBas
 
 from hf_fedzo.tasks.base import (
     IGNORE_INDEX,
+    Examples,
     ModelKind,
+    PromptTask,
     cached_metric,
     check_columns,
     check_filled,
     chunks,
-    collator_options,
     evaluating,
     logits_from,
     pad_token_id_of,
@@ -47,7 +48,7 @@ def gold_answers(value: Any) -> list[str]:
 
 
 @dataclass(eq=False)  # identity semantics: tasks hold tokenizers and are used as hooks
-class GenerationTask:
+class GenerationTask(PromptTask):
     """A prompt-based generative task for causal LMs (`Trainer` baseline and `ZOSplitTrainer`).
 
     Example:
@@ -72,9 +73,7 @@ class GenerationTask:
         append_eos: train the model to end its answer with EOS, so generation stops there.
         max_new_tokens: generation budget; generation prompts are truncated to leave room for it.
         stop_at_newline: cut generated answers at the first newline.
-        add_special_tokens: add the tokenizer's BOS (if any) before the prompt.
-        logits_to_keep, position_ids, pad_to_multiple_of: collator options.
-        name: free-form task name.
+        The keyword-only collator options are `PromptTask`'s.
     """
 
     tokenizer: PreTrainedTokenizerBase = field(repr=False)
@@ -86,11 +85,6 @@ class GenerationTask:
     append_eos: bool = True
     max_new_tokens: int = 32
     stop_at_newline: bool = True
-    add_special_tokens: bool = True
-    logits_to_keep: bool = True
-    position_ids: bool = True
-    pad_to_multiple_of: int | None = None
-    name: str | None = None
     model_kind: ModelKind = "causal"
     collator: CausalGenerationCollator = field(init=False, repr=False)
 
@@ -108,7 +102,7 @@ class GenerationTask:
         self.columns = check_columns(self.columns, (*self.template.fields, self.target))
         self._prefix_special = special_tokens_around(self.tokenizer)[0] if self.add_special_tokens else []
         self._pad_token_id = pad_token_id_of(self.tokenizer)
-        self.collator = CausalGenerationCollator(pad_token_id=self._pad_token_id, **collator_options(self))
+        self.collator = CausalGenerationCollator(pad_token_id=self._pad_token_id, **self.collator_options())
 
     @classmethod
     def from_preset(
@@ -214,14 +208,6 @@ class GenerationTask:
             "teacher_forced_f1": squad["f1"],
         }
 
-    def trainer_kwargs(self) -> dict[str, Any]:
-        return {
-            "data_collator": self.collator,
-            "compute_loss_func": self.compute_loss,
-            "preprocess_logits_for_metrics": self.preprocess_logits_for_metrics,
-            "compute_metrics": self.compute_metrics,
-        }
-
     # --- generation -------------------------------------------------------------------------------------
 
     def _decode(self, ids: Sequence[int]) -> str:
@@ -231,11 +217,7 @@ class GenerationTask:
         return text.strip()
 
     def _generate(
-        self,
-        model: PreTrainedModel,
-        data: Iterable[Mapping[str, Any]],
-        batch_size: int,
-        max_new_tokens: int | None,
+        self, model: PreTrainedModel, data: Examples, batch_size: int, max_new_tokens: int | None
     ) -> Iterator[tuple[str, Mapping[str, Any]]]:
         max_new_tokens = max_new_tokens or self.max_new_tokens
         with evaluating(model) as device:
@@ -256,21 +238,13 @@ class GenerationTask:
                     yield self._decode(new_tokens), row
 
     def generate(
-        self,
-        model: PreTrainedModel,
-        data: Iterable[Mapping[str, Any]],
-        batch_size: int = 8,
-        max_new_tokens: int | None = None,
+        self, model: PreTrainedModel, data: Examples, batch_size: int = 8, max_new_tokens: int | None = None
     ) -> list[str]:
         """Greedy answers for raw examples, batched with left padding, without gradients."""
         return [answer for answer, _ in self._generate(model, data, batch_size, max_new_tokens)]
 
     def evaluate(
-        self,
-        model: PreTrainedModel,
-        data: Iterable[Mapping[str, Any]],
-        batch_size: int = 8,
-        max_new_tokens: int | None = None,
+        self, model: PreTrainedModel, data: Examples, batch_size: int = 8, max_new_tokens: int | None = None
     ) -> dict[str, float]:
         """Exact match and token F1 (fractions) of generated answers against every gold answer."""
         predictions, references = [], []

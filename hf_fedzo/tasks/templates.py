@@ -264,54 +264,28 @@ def list_presets() -> tuple[str, ...]:
 
 
 # Presets: our own wording of the standard prompt forms (MeZO/LM-BFF style). Label ids follow the
-# GLUE/SuperGLUE datasets: SST-2 0=negative; RTE 0=entailment; BoolQ and WiC 0=False.
-register_preset(
-    TaskPreset(
-        name="sst2",
-        template=PromptTemplate("{sentence} It was{label}", truncate=("sentence",)),
-        label_words=(" terrible", " great"),
-        description="binary sentiment: '<sentence> It was great|terrible'",
-    )
+# GLUE/SuperGLUE datasets: SST-2 0=negative; RTE 0=entailment; BoolQ and WiC 0=False. One row a preset:
+# name, template, the fields truncated first, label words by label id (None: generation), description.
+_BUILTIN_PRESETS: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...] | None, str], ...] = (
+    ("sst2", "{sentence} It was{label}", ("sentence",), (" terrible", " great"),
+     "binary sentiment: '<sentence> It was great|terrible'"),
+    ("rte", '{premise}\nQuestion: Does this mean that "{hypothesis}" is true? Yes or No?\nAnswer:{label}',
+     ("premise", "hypothesis"), (" Yes", " No"),
+     "entailment as a yes/no question (super_glue columns premise/hypothesis, 0=entailment)"),
+    ("boolq", "{passage}\nQuestion: {question}? Yes or No?\nAnswer:{label}", ("passage",), (" No", " Yes"),
+     "yes/no question about a passage (0=False)"),
+    ("wic", 'Does the word "{word}" have the same meaning in these two sentences? Yes or No?\n'
+     "{sentence1}\n{sentence2}\nAnswer:{label}", ("sentence1", "sentence2"), (" No", " Yes"),
+     "word-in-context as a yes/no question (0=different meaning)"),
+    ("squad", "{context}\nQuestion: {question}\nAnswer:{label}", ("context",), None,
+     "extractive QA answered by generation; LM loss on the answer tokens, exact match and F1"),
 )
-register_preset(
-    TaskPreset(
-        name="rte",
-        template=PromptTemplate(
-            '{premise}\nQuestion: Does this mean that "{hypothesis}" is true? Yes or No?\nAnswer:{label}',
-            truncate=("premise", "hypothesis"),
-        ),
-        label_words=(" Yes", " No"),
-        description="entailment as a yes/no question (super_glue columns premise/hypothesis, 0=entailment)",
-    )
-)
-register_preset(
-    TaskPreset(
-        name="boolq",
-        template=PromptTemplate(
-            "{passage}\nQuestion: {question}? Yes or No?\nAnswer:{label}", truncate=("passage",)
-        ),
-        label_words=(" No", " Yes"),
-        description="yes/no question about a passage (0=False)",
-    )
-)
-register_preset(
-    TaskPreset(
-        name="wic",
-        template=PromptTemplate(
-            'Does the word "{word}" have the same meaning in these two sentences? Yes or No?\n'
-            "{sentence1}\n{sentence2}\nAnswer:{label}",
-            truncate=("sentence1", "sentence2"),
-        ),
-        label_words=(" No", " Yes"),
-        description="word-in-context as a yes/no question (0=different meaning)",
-    )
-)
-register_preset(
-    TaskPreset(
-        name="squad",
-        template=PromptTemplate("{context}\nQuestion: {question}\nAnswer:{label}", truncate=("context",)),
-        label_words=None,
-        target="answers",
-        description="extractive QA answered by generation; LM loss on the answer tokens, exact match and F1",
-    )
-)
+
+def _register_builtin_presets() -> None:
+    for name, text, truncate, label_words, description in _BUILTIN_PRESETS:
+        target = LABEL_SLOT if label_words is not None else "answers"
+        template = PromptTemplate(text, truncate=truncate)
+        register_preset(TaskPreset(name, template, label_words, target=target, description=description))
+
+
+_register_builtin_presets()

@@ -1,8 +1,9 @@
 """Accuracy: the fraction of predictions equal to their reference (a local, offline `evaluate` module)."""
 
-import datasets
 import evaluate
 import numpy as np
+
+from hf_fedzo.metrics.modules import CLASS_INDEX_FEATURES, class_index_arrays, metric_info
 
 _DESCRIPTION = "Accuracy is the proportion of correct predictions among all predictions."
 
@@ -24,22 +25,10 @@ Examples:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Accuracy(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, CLASS_INDEX_FEATURES)
 
     def _compute(self, predictions, references, normalize=True, sample_weight=None):
-        predictions = np.asarray(predictions)
-        references = np.asarray(references)
-        if predictions.shape != references.shape:
-            raise ValueError(
-                f"predictions {predictions.shape} and references {references.shape} differ in shape"
-            )
+        predictions, references = class_index_arrays(predictions, references)
         weights = (
             np.ones(len(predictions)) if sample_weight is None else np.asarray(sample_weight, dtype=float)
         )

@@ -1,8 +1,9 @@
 """F1 score for single-label classification (a local, offline `evaluate` module, no scikit-learn needed)."""
 
-import datasets
 import evaluate
 import numpy as np
+
+from hf_fedzo.metrics.modules import CLASS_INDEX_FEATURES, class_index_arrays, metric_info
 
 _DESCRIPTION = (
     "F1 is the harmonic mean of precision and recall: F1 = 2 * (precision * recall) / (precision + recall)."
@@ -44,20 +45,12 @@ def _per_class(predictions, references, classes):
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class F1(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
-        )
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, CLASS_INDEX_FEATURES)
 
     def _compute(self, predictions, references, average="binary", pos_label=1, labels=None):
         if average not in _AVERAGES:
             raise ValueError(f"`average` must be one of {_AVERAGES}, got {average!r}")
-        predictions = np.asarray(predictions)
-        references = np.asarray(references)
+        predictions, references = class_index_arrays(predictions, references)
         if average == "binary":
             f1, _ = _per_class(predictions, references, [pos_label])
             return {"f1": float(f1[0])}

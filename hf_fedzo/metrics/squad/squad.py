@@ -11,6 +11,8 @@ import string
 import datasets
 import evaluate
 
+from hf_fedzo.metrics.modules import metric_info
+
 _DESCRIPTION = "Exact match and bag-of-tokens F1 between a generated answer and a list of gold answers."
 
 _KWARGS_DESCRIPTION = """
@@ -54,17 +56,8 @@ def token_f1(prediction, gold):
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class Squad(evaluate.Metric):
     def _info(self):
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation="",
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {
-                    "predictions": datasets.Value("string"),
-                    "references": datasets.Sequence(datasets.Value("string")),
-                }
-            ),
-        )
+        answers = {"predictions": datasets.Value("string"), "references": datasets.Sequence(datasets.Value("string"))}
+        return metric_info(_DESCRIPTION, _KWARGS_DESCRIPTION, answers)
 
     def _compute(self, predictions, references):
         if not predictions:
