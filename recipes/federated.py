@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                "zero_shot_accuracy": zero_shot and zero_shot["accuracy"], "zero_shot": zero_shot,
                                "partition": partition, "methods": {}}
     run_info = {"model": model_args.model_name_or_path, "dataset": data_args.source, "task": data_args.task,
-                "peft": model_args.peft, "lora_r": model_args.lora_r,
+                "peft": model_args.peft, "lora_r": model_args.lora_r, "lora_last_layers": model_args.lora_last_layers,
+                "lora_target_modules": model_args.lora_target_modules,
                 "prompt": prompt}  # in the resume fingerprint: a run with another prompt is never reused
     curves, budget = {}, federation.flop_budget
     methods = [federation.method, *(m for m in run.compare_with if m != "none")]

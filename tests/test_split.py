@@ -1,5 +1,7 @@
 """Split execution re-runs only layers k..N on a cached activation and gives the full forward's loss."""
 
+import dataclasses
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -130,3 +132,21 @@ def test_trainable_parameters_skip_frozen_and_deduplicate_tied() -> None:
     assert decays["model.layers.0.self_attn.q_proj.weight"] is True
     assert decays["model.layers.0.input_layernorm.weight"] is False
     assert decays["model.norm.weight"] is False
+
+
+@pytest.mark.parametrize("p2", [1, 4])
+def test_auto_split_puts_a_frozen_prefix_in_block1(p2: int) -> None:
+    """LoRA on the top layers only: "auto" splits at the first adapted layer (the frozen prefix then runs once
+    per step), whatever P2; with every layer adapted it keeps balancing the block costs."""
+    from tests.tiny_models import llama
+
+    batch = random_batch("llama")
+    top = get_peft_model(llama(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"], layers_to_transform=[2, 3]))
+    plan = build_plan(top, lambda: top(**batch).loss, split="auto", p2=p2)
+    assert plan.first_trainable_layer == 2 and plan.split_index == 2
+    assert not plan.block1 and len(plan.block2) == 2 * 2 * 2  # (A, B) x (q, v) x 2 layers
+    everywhere = _with_lora("llama", llama())
+    plan = build_plan(everywhere, lambda: everywhere(**batch).loss, split="auto", p2=p2)
+    assert plan.first_trainable_layer == 0
+    assert plan.split_index == choose_split("auto", dataclasses.replace(plan, first_trainable_layer=0), p2)
+    assert (plan.split_index is None) == (p2 == 1)

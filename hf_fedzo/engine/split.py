@@ -128,6 +128,7 @@ class SplitPlan:
     layer_flops: list[int] = field(default_factory=list)
     pre_flops: int = 0
     post_flops: int = 0
+    first_trainable_layer: int = 0  # layers below it hold nothing trainable (a frozen prefix); 0 when none
 
     @property
     def parameters(self) -> list[IndexedParameter]:
@@ -143,15 +144,19 @@ class SplitPlan:
 def choose_split(split: str | int | float, plan: SplitPlan, p2: int) -> int | None:
     """Resolve ``zo_split`` to a layer index (``None`` = no split).
 
-    ``"auto"`` balances the two blocks' total work per step: it picks the ``k`` whose measured block
-    costs make ``C1(k)`` closest to ``P2 · C2(k)``, so that neither the ``2·P1`` block-1 forwards nor
-    the ``2·P1·P2`` block-2 forwards dominate the step. With ``P2 = 1`` there is nothing to amortise
-    and no split is made.
+    ``"auto"`` splits at the first layer holding a trainable tensor when the layers below it are frozen
+    (e.g. LoRA on the top layers only): that prefix then runs once per step whatever P1 and P2 are, the
+    cheapest split there is. Otherwise it balances the two blocks' total work per step: it picks the ``k``
+    whose measured block costs make ``C1(k)`` closest to ``P2 · C2(k)``, so that neither the ``2·P1``
+    block-1 forwards nor the ``2·P1·P2`` block-2 forwards dominate the step. With ``P2 = 1`` there is
+    nothing to amortise and no split is made.
     """
     n = plan.num_layers
     if split == "none":
         return None
     if split == "auto":
+        if 1 <= plan.first_trainable_layer < n:
+            return plan.first_trainable_layer
         if p2 == 1 or n < 2:
             return None
         return min(range(1, n), key=lambda k: abs(plan.block_flops(k)[0] - p2 * plan.block_flops(k)[1]))
@@ -339,8 +344,13 @@ def build_plan(
     for name, tensor in model.named_parameters(remove_duplicate=False):
         aliases.setdefault(id(tensor), set()).add(name.rpartition(".")[0])
 
+    owners_of = {p.index: aliases[id(p.tensor)] for p in params}
+    first_layers = [
+        0 if owners & ran_before_stack else min((layer_of[o] for o in owners if o in layer_of), default=len(layers))
+        for owners in owners_of.values()
+    ]
     plan = SplitPlan(path, len(layers), None, [], [], layer_flops=layer_costs, pre_flops=costs["pre"],
-                     post_flops=costs["post"])
+                     post_flops=costs["post"], first_trainable_layer=min(first_layers, default=0))
     plan.split_index = choose_split(split, plan, p2)
     if plan.split_index is not None and not split_ok:
         raise UnsupportedModelError(
@@ -352,7 +362,7 @@ def build_plan(
         if k is None:
             plan.block2.append(p)
             continue
-        owners = aliases[id(p.tensor)]
+        owners = owners_of[p.index]
         layer_ids = {layer_of[o] for o in owners if o in layer_of}
         in_block1 = any(i < k for i in layer_ids) or bool(owners & ran_before_stack)
         after_stack = any(o not in layer_of and o not in ran_before_stack for o in owners)

@@ -41,6 +41,11 @@ class ModelArguments:
         default=None,
         metadata={"help": "Module names to adapt, e.g. q_proj v_proj; default: PEFT's choice for the model type."},
     )
+    lora_last_layers: int | None = field(
+        default=None,
+        metadata={"help": "Adapt only the last N layers of the decoder stack (default: every layer). The frozen "
+                  "layers below then run once per ZO step under --zo_split auto (the cheapest split)."},
+    )
     first_order: bool = field(
         default=False,
         metadata={"help": "Baseline: train with plain transformers.Trainer (backprop + AdamW) instead of "

@@ -90,9 +90,16 @@ def apply_peft(model: nn.Module, model_args: ModelArguments, kind: ModelKind) ->
     if model_args.peft == "qlora":
         # Checkpointing only saves activation memory for backward passes, which ZO never runs.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    layers = None
+    if model_args.lora_last_layers is not None:
+        total = model.config.num_hidden_layers
+        if not 1 <= model_args.lora_last_layers <= total:
+            raise ValueError(f"--lora_last_layers must be in [1, {total}] for this model "
+                             f"(got {model_args.lora_last_layers})")
+        layers = list(range(total - model_args.lora_last_layers, total))
     config = LoraConfig(
         r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-        target_modules=model_args.lora_target_modules,
+        target_modules=model_args.lora_target_modules, layers_to_transform=layers,
         # CAUSAL_LM gives the wrapper `generate` (SQuAD evaluation); a masked LM needs no task wrapper.
         task_type="CAUSAL_LM" if kind == "causal" else None,
     )
