@@ -1,25 +1,27 @@
-"""The compute-to-accuracy and split-sweep arithmetic of benchmarks/federated_accuracy.py, on synthetic curves."""
+"""The curve arithmetic of the federated benchmarks (benchmarks/curves.py), on synthetic curves."""
 
 from __future__ import annotations
 
 import pytest
 
-from benchmarks.federated_accuracy import (
+from benchmarks.curves import (
+    choose_lr,
     compute_to_accuracy,
+    end_score,
     first_reach,
+    gain_costs,
     interpolate,
     mean_accuracy,
     mean_curves,
-    split_sweep,
+    standard_error,
 )
 
 ZERO_SHOT = 0.5
 
 
-def run(arm: str, seed: int, curve: list[list[float]], **extra: object) -> dict[str, object]:
-    return {"arm": arm, "seed": seed, "curve": curve, "final_accuracy": curve[-1][1],
-            "total_tflops": curve[-1][0], "split_index": None, "num_layers": 30, "block2_share": 1.0,
-            "step_forwards": 2.0, **extra}
+def run(arm: str, seed: int, points: list[list[float]]) -> dict[str, object]:
+    curve = [[0.0, ZERO_SHOT], *points]
+    return {"arm": arm, "seed": seed, "curve": curve, "final_accuracy": curve[-1][1], "total_tflops": curve[-1][0]}
 
 
 def test_first_reach_interpolates_between_evaluations():
@@ -48,51 +50,63 @@ def test_interpolate():
     assert interpolate([[0.0, 0.0], [10.0, 1.0]], [0.0, 2.5, 10.0, 12.0]) == pytest.approx([0.0, 0.25, 1.0, 1.0])
 
 
+def test_step_size_is_chosen_by_the_end_of_the_validation_curve():
+    runs = {2e-3: run("m", 1, [[10.0, 0.70], [20.0, 0.80], [30.0, 0.82]]),
+            5e-3: run("m", 1, [[10.0, 0.85], [20.0, 0.84], [30.0, 0.60]]),  # best peak, collapses at the end
+            1e-2: run("m", 1, [[10.0, 0.55], [20.0, 0.60], [30.0, 0.81]])}  # one lucky last point
+    assert end_score(runs[2e-3]) == pytest.approx(0.81)
+    assert choose_lr(runs) == 2e-3
+    tied = {1e-3: run("m", 1, [[10.0, 0.7]]), 1e-2: run("m", 1, [[10.0, 0.7]])}
+    assert choose_lr(tied) == 1e-3  # a tie goes to the smaller step
+
+
+def test_gain_costs_use_fractions_of_the_best_arms_gain():
+    by_run = {}
+    for seed in (1, 2):
+        by_run["fast", seed] = run("fast", seed, [[10.0, 0.7], [20.0, 0.9]])  # best: gain 0.4
+        by_run["slow", seed] = run("slow", seed, [[20.0, 0.7], [40.0, 0.8]])  # never reaches 90% of it
+    report = gain_costs(by_run, ["fast", "slow"], [1, 2], ZERO_SHOT)
+    assert report["best"] == "fast" and report["gain"] == pytest.approx(0.4)
+    fast = report["arms"]["fast"]
+    assert fast["0.5"]["flops"] == (pytest.approx(10.0), 0.0)  # 0.7 = zero-shot + 0.5 x 0.4
+    assert fast["0.9"]["flops"][0] == pytest.approx(10.0 + 10.0 * (0.86 - 0.7) / 0.2)
+    slow = report["arms"]["slow"]
+    assert slow["0.5"]["flops"][0] == pytest.approx(20.0)
+    assert slow["0.9"]["flops"] is None and slow["0.9"]["reached"] == 0
+
+
 def test_ratio_is_the_baseline_cost_over_the_method_cost_per_seed():
     by_run = {}
     for seed in (1, 2):
-        by_run["mezo", seed] = run("mezo", seed, [[10.0, 0.55], [20.0, 0.52]])  # the worse MeZO step size
-        by_run["mezo-lr2e-3", seed] = run("mezo-lr2e-3", seed, [[10.0, 0.55], [20.0, 0.6]])
+        by_run["mezo", seed] = run("mezo", seed, [[10.0, 0.55], [20.0, 0.6]])
         by_run["nspsa", seed] = run("nspsa", seed, [[20.0, 0.55], [40.0, 0.58]])  # never reaches 0.6
         by_run["fedspzo", seed] = run("fedspzo", seed, [[5.0, 0.6], [10.0, 0.62]])
-    report = compute_to_accuracy(by_run, [1, 2], ZERO_SHOT)
-    assert report["baseline"] == "mezo-lr2e-3"
+    report = compute_to_accuracy(by_run, "mezo", ["nspsa", "fedspzo"], [1, 2], ZERO_SHOT)
     seed1 = report["per_seed"][1]
     assert seed1["target"] == 0.6
-    assert seed1["mezo-lr2e-3"]["tflops_to_target"] == 20.0 and seed1["mezo-lr2e-3"]["ratio"] == 1.0
+    assert seed1["mezo"]["tflops_to_target"] == 20.0 and seed1["mezo"]["ratio"] == 1.0
     assert seed1["fedspzo"]["tflops_to_target"] == 5.0 and seed1["fedspzo"]["ratio"] == 4.0
     assert seed1["nspsa"]["tflops_to_target"] is None and seed1["nspsa"]["ratio"] is None
     assert report["methods"]["fedspzo"]["ratio"] == (4.0, 0.0)
-    assert report["methods"]["nspsa"]["ratio"] is None
-    assert report["methods"]["nspsa"]["unreached_seeds"] == 2
+    assert report["methods"]["nspsa"]["ratio"] is None and report["methods"]["nspsa"]["unreached_seeds"] == 2
 
 
 def test_no_ratio_when_the_baseline_never_beats_zero_shot():
     by_run = {("mezo", 1): run("mezo", 1, [[10.0, 0.45], [20.0, 0.5]]),
-              ("mezo-lr2e-3", 1): run("mezo-lr2e-3", 1, [[10.0, 0.45], [20.0, 0.48]]),
-              ("nspsa", 1): run("nspsa", 1, [[20.0, 0.6]]),
               ("fedspzo", 1): run("fedspzo", 1, [[10.0, 0.6]])}
-    report = compute_to_accuracy(by_run, [1], ZERO_SHOT)
-    assert report["baseline"] == "mezo"
+    report = compute_to_accuracy(by_run, "mezo", ["fedspzo"], [1], ZERO_SHOT)
     assert report["per_seed"][1]["baseline_improved"] is False
-    assert all(report["methods"][m]["ratio"] is None for m in ("mezo", "nspsa", "fedspzo"))
-
-
-def test_sweep_ranks_by_mean_accuracy_not_the_last_point():
-    by_run = {
-        # early gain, slightly lower end
-        ("fedspzo", 1): run("fedspzo", 1, [[5.0, 0.65], [10.0, 0.64]], split_index=24),
-        # late jump to a higher end
-        ("fedspzo-p2-8", 1): run("fedspzo-p2-8", 1, [[5.0, 0.5], [10.0, 0.66]], split_index=27),
-    }
-    rows = split_sweep(by_run, [1], 10.0, ZERO_SHOT)
-    assert [row["arm"] for row in rows] == ["fedspzo", "fedspzo-p2-8"]
-    assert rows[0]["split_index"] == 24 and rows[0]["p2"] == 4
+    assert report["methods"]["fedspzo"]["ratio"] is None
 
 
 def test_mean_curves_average_seeds_on_a_common_grid():
     by_run = {("mezo", 1): run("mezo", 1, [[10.0, 0.7]]), ("mezo", 2): run("mezo", 2, [[10.0, 0.5]])}
-    (grid, mean, spread), = mean_curves(by_run, ["mezo"], [1, 2], ZERO_SHOT, 10.0, points=3).values()
+    (grid, mean, spread), = mean_curves(by_run, {"mezo": "MeZO"}, [1, 2], 10.0, points=3).values()
     assert grid == [0.0, 5.0, 10.0]
     assert mean == pytest.approx([0.5, 0.55, 0.6])
     assert spread[0] == 0.0 and spread[2] == pytest.approx(0.1414, abs=1e-4)
+
+
+def test_standard_error_of_an_accuracy():
+    assert standard_error(0.8, 1000) == pytest.approx(0.01265, abs=1e-5)
+    assert standard_error(0.5, 1057) == pytest.approx(0.0154, abs=1e-4)
