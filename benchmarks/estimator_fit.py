@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.federated_accuracy import first_reach
+from benchmarks.curves import first_reach
 
 
 def fit_f0(flops: Sequence[float], cos2: Sequence[float]) -> float:
