@@ -11,7 +11,8 @@ Without a split all parameters form one block and the P1·P2 directions are full
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -55,8 +56,9 @@ class ZOEstimator:
         self.settings = settings
         self.applier = DirectionApplier(settings.perturbation)
         self.plan: SplitPlan | None = None
-        self._executor: SplitExecutor | None = None
         self._layers: nn.ModuleList | None = None
+        # The active subset: indices of the trainable tensors a step perturbs and an update moves (None: all).
+        self.active: frozenset[int] | None = None
 
     # ----------------------------------------------------------------------------------------- plan
     def prepare(self, loss_fn: LossFn) -> SplitPlan:
@@ -66,8 +68,6 @@ class ZOEstimator:
                 self.plan = build_plan(self.model, loss_fn, self.settings.split, self.settings.p2,
                                        self.settings.layers_path)
             _, self._layers = find_layer_stack(self.model, self.plan.layers_path)
-            if self.plan.split_index is not None:
-                self._executor = SplitExecutor(self._layers, self.plan.split_index)
             if not self.plan.parameters:
                 raise ValueError("the model has no trainable parameters (requires_grad=True) to perturb")
             dtype = self.plan.parameters[0].tensor.dtype
@@ -86,31 +86,62 @@ class ZOEstimator:
             raise RuntimeError("call prepare() (or estimate()) before accessing the plan")
         return self.plan.parameters
 
+    @contextmanager
+    def restricted(self, indices: Collection[int] | None) -> Iterator[None]:
+        """Within the block, steps perturb and updates move only the trainable tensors ``indices`` (``None``: all).
+
+        The others are not touched at all (bit-identical), and the layers below the first active tensor are
+        frozen: their forward runs once per step and is cached, not once per perturbation.
+        """
+        unknown = set(indices or ()) - {p.index for p in self.parameters}
+        if unknown:
+            raise ValueError(f"active subset: no trainable tensor has index {min(unknown)}")
+        saved, self.active = self.active, None if indices is None else frozenset(indices)
+        try:
+            yield
+        finally:
+            self.active = saved
+
+    def _selected(self, params: Sequence[IndexedParameter]) -> list[IndexedParameter]:
+        return list(params) if self.active is None else [p for p in params if p.index in self.active]
+
+    def frozen_layers(self) -> int:
+        """Layers of the stack below every active tensor (0 when nothing is restricted or a pre-stack one is active)."""
+        if self.active is None or self.plan is None or not self.active:
+            return 0
+        first = min(self.plan.positions.get(i, -1) for i in self.active)
+        return max(0, min(first, self.plan.num_layers - 1))
+
     # ------------------------------------------------------------------------------------- estimate
     @torch.no_grad()
     def estimate(self, loss_fn: LossFn, step_seed: int) -> ZOEstimate:
         plan = self.prepare(loss_fn)
         s = self.settings
         eps = s.eps
-        executor = self._executor
         sides = self._sides
         assert self._layers is not None
+        spans = SplitExecutor(self._layers, plan.split_index or 0)
         counter = FlopCounter(self.model, self._layers)
         forwards = [0, 0]
         flops = [0, 0]
+        # An active subset above layer f freezes layers < f. Below an active block 1 they run once (the stem);
+        # at or above the split the cut where block 2 resumes moves up to f, so frozen layers never re-run.
+        k, f = plan.split_index, self.frozen_layers()
+        stem: torch.Tensor | None = None
+        cut = k if k is not None and f < k else (f or None)
 
         def block1() -> torch.Tensor | None:
-            if executor is None:
+            if cut is None:
                 return None
             with torch.inference_mode():
-                hidden = executor.run_prefix(loss_fn)
+                hidden = spans.run_span(loss_fn, f if stem is not None else 0, stem, stop=cut)
             forwards[0] += 1
             flops[0] += counter.take()
             return hidden
 
         def block2(hidden: torch.Tensor | None) -> torch.Tensor:
             with torch.inference_mode():
-                loss = loss_fn() if executor is None else executor.run_suffix(loss_fn, hidden)  # type: ignore[arg-type]
+                loss = loss_fn() if cut is None else spans.run_span(loss_fn, cut, hidden)
             forwards[1] += 1
             flops[1] += counter.take()
             return loss.detach().float().reshape(())
@@ -121,11 +152,16 @@ class ZOEstimator:
         was_training = self.model.training
         self.model.eval()
         try:
+            if f and cut == k:
+                with torch.inference_mode():
+                    stem = spans.run_span(loss_fn, stop=f)
+                forwards[0] += 1
+                flops[0] += counter.take()
             if s.difference == "forward":
                 baseline = block2(block1())
-            # Nothing trainable before the split (e.g. LoRA on the top layers only): block 1 is the same at
-            # every "perturbation", so one forward serves every side and every block-1 direction.
-            frozen_prefix = executor is not None and not plan.block1
+            # Nothing trainable (or active) before the cut (e.g. LoRA on the top layers only): block 1 is the same
+            # at every "perturbation", so one forward serves every side and every block-1 direction.
+            frozen_prefix = cut is not None and not self._selected(plan.block1)
             for i, j, side in self._walk(plan, step_seed):
                 if j is None:
                     cached[side] = next(iter(cached.values())) if frozen_prefix and cached else block1()
@@ -168,9 +204,9 @@ class ZOEstimator:
         s = self.settings
         eps = s.eps
         sides = self._sides
-        tied = plan.tied
+        tied, block1, block2 = self._selected(plan.tied), self._selected(plan.block1), self._selected(plan.block2)
         tied_ids = {p.index for p in tied}
-        untied1 = [p for p in plan.block1 if p.index not in tied_ids]
+        untied1 = [p for p in block1 if p.index not in tied_ids]
 
         def shift(params: Sequence[IndexedParameter], seed: int, coef: float) -> None:
             self.applier.add_(params, [(seed, coef)])
@@ -179,7 +215,7 @@ class ZOEstimator:
             u = direction_seed(step_seed, BLOCK1, i)
             at1 = 0
             for side in sides:
-                shift(plan.block1, u, (side - at1) * eps)
+                shift(block1, u, (side - at1) * eps)
                 at1 = side
                 yield i, None, side
             at_tied = at1
@@ -189,13 +225,13 @@ class ZOEstimator:
                 order = sorted(sides, key=lambda side: side != at_tied) if tied else sides
                 at2 = 0
                 for side in order:
-                    shift(plan.block2, v, (side - at2) * eps)
+                    shift(block2, v, (side - at2) * eps)
                     at2 = side
                     if tied and at_tied != side:
                         shift(tied, u, (side - at_tied) * eps)
                         at_tied = side
                     yield i, j, side
-                shift(plan.block2, v, -at2 * eps)
+                shift(block2, v, -at2 * eps)
             shift(untied1, u, -at1 * eps)
             shift(tied, u, -at_tied * eps)
 
@@ -229,7 +265,7 @@ class ZOEstimator:
         if self.plan is None:
             raise RuntimeError("apply_update() needs a plan: run estimate() or prepare() first")
         if weight_decay and lr:
-            for p in self.plan.parameters:
+            for p in self._selected(self.plan.parameters):
                 if p.decay:
                     p.tensor.mul_(1.0 - lr * weight_decay)
         terms1: list[Term] = []
@@ -239,7 +275,7 @@ class ZOEstimator:
             terms1 += [(seed, -lr * c / len(estimates)) for seed, c in t1]
             terms2 += [(seed, -lr * c / len(estimates)) for seed, c in t2]
         if self.plan.split_index is None:
-            self.applier.add_(self.plan.block2, terms2)
+            self.applier.add_(self._selected(self.plan.block2), terms2)
         else:
-            self.applier.add_(self.plan.block1, terms1)
-            self.applier.add_(self.plan.block2, terms2)
+            self.applier.add_(self._selected(self.plan.block1), terms1)
+            self.applier.add_(self._selected(self.plan.block2), terms2)

@@ -10,8 +10,7 @@ itself: nothing architecture-specific is re-implemented here.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -129,6 +128,8 @@ class SplitPlan:
     pre_flops: int = 0
     post_flops: int = 0
     first_trainable_layer: int = 0  # layers below it hold nothing trainable (a frozen prefix); 0 when none
+    # Where each trainable tensor (by index) sits: -1 before the stack, i in layer i, num_layers after it.
+    positions: dict[int, int] = field(default_factory=dict)
 
     @property
     def parameters(self) -> list[IndexedParameter]:
@@ -225,46 +226,46 @@ class SplitExecutor:
         self.k = split_index
 
     def run_prefix(self, loss_fn: Callable[[], torch.Tensor]) -> torch.Tensor:
-        captured: list[torch.Tensor] = []
-
-        def capture(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            captured.append(_hidden_of(args, kwargs))
-            raise _StopForward
-
-        handle = self.layers[self.k].register_forward_pre_hook(capture, with_kwargs=True)
-        try:
-            loss_fn()
-        except _StopForward:
-            pass
-        finally:
-            handle.remove()
-        if not captured:
-            raise UnsupportedModelError(f"layer {self.k} of the stack never ran: the forward does not use it")
-        return captured[0]
+        return self.run_span(loss_fn, stop=self.k)  # type: ignore[return-value]
 
     def run_suffix(self, loss_fn: Callable[[], torch.Tensor], hidden: torch.Tensor) -> torch.Tensor:
+        return self.run_span(loss_fn, self.k, hidden)
+
+    def run_span(self, loss_fn: Callable[[], torch.Tensor], start: int = 0, hidden: torch.Tensor | None = None,
+                 stop: int | None = None) -> torch.Tensor:
+        """Run the forward from layer ``start`` (layers before it skipped, its input replaced by ``hidden``) up to
+        layer ``stop``, whose input is returned; with ``stop=None`` to the end, returning the loss."""
+        captured: list[torch.Tensor] = []
+
         def substitute(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             if args:
                 return (hidden, *args[1:]), kwargs
             return args, {**kwargs, "hidden_states": hidden}
 
-        with self._skipping_prefix():
-            handle = self.layers[self.k].register_forward_pre_hook(substitute, with_kwargs=True)
-            try:
-                return loss_fn()
-            finally:
-                handle.remove()
+        def capture(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            captured.append(_hidden_of(args, kwargs))
+            raise _StopForward
 
-    @contextmanager
-    def _skipping_prefix(self) -> Iterator[None]:
+        handles = [self.layers[start].register_forward_pre_hook(substitute, with_kwargs=True)] if start else []
+        if stop is not None:
+            handles.append(self.layers[stop].register_forward_pre_hook(capture, with_kwargs=True))
         # An instance attribute shadows the class forward (and GradientCheckpointingLayer's wrapper).
-        for layer in self.layers[: self.k]:
+        for layer in self.layers[:start]:
             layer.forward = _passthrough
         try:
-            yield
+            loss = loss_fn()
+        except _StopForward:
+            pass
         finally:
-            for layer in self.layers[: self.k]:
+            for handle in handles:
+                handle.remove()
+            for layer in self.layers[:start]:
                 del layer.forward
+        if stop is None:
+            return loss
+        if not captured:
+            raise UnsupportedModelError(f"layer {stop} of the stack never ran: the forward does not use it")
+        return captured[0]
 
 
 def build_plan(
@@ -345,12 +346,11 @@ def build_plan(
         aliases.setdefault(id(tensor), set()).add(name.rpartition(".")[0])
 
     owners_of = {p.index: aliases[id(p.tensor)] for p in params}
-    first_layers = [
-        0 if owners & ran_before_stack else min((layer_of[o] for o in owners if o in layer_of), default=len(layers))
-        for owners in owners_of.values()
-    ]
+    positions = {i: -1 if owners & ran_before_stack else min((layer_of[o] for o in owners if o in layer_of),
+                                                              default=len(layers)) for i, owners in owners_of.items()}
     plan = SplitPlan(path, len(layers), None, [], [], layer_flops=layer_costs, pre_flops=costs["pre"],
-                     post_flops=costs["post"], first_trainable_layer=min(first_layers, default=0))
+                     post_flops=costs["post"], first_trainable_layer=max(0, min(positions.values(), default=0)),
+                     positions=positions)
     plan.split_index = choose_split(split, plan, p2)
     if plan.split_index is not None and not split_ok:
         raise UnsupportedModelError(

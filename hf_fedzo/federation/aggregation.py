@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from hf_fedzo.engine import SeedScope, ZOUpdate
+from hf_fedzo.federation.budgets import ActiveSet
 from hf_fedzo.federation.protocol import ClientReport, LogRecord, RoundSettings
 from hf_fedzo.registry import Registry
 
@@ -125,10 +126,25 @@ def screen_reports(reports: Sequence[ClientReport], max_norm_ratio: float,
 
 def aggregate_round(round_id: int, reports: Sequence[ClientReport], settings: RoundSettings, scope_base: int,
                     *, shared_seeds: bool = True, aggregation: str = "mean", weighting: str = "examples",
-                    trim_fraction: float = 0.1, max_weight_ratio: float = 0.0) -> list[LogRecord]:
-    """One log record per local step; ``reports`` must be sorted by client id (the result is order-free then)."""
+                    trim_fraction: float = 0.1, max_weight_ratio: float = 0.0,
+                    active: Mapping[int, ActiveSet] | None = None,
+                    client_lr: Mapping[int, float] | None = None) -> list[LogRecord]:
+    """One log record per local step; ``reports`` must be sorted by client id (the result is order-free then).
+
+    With ``active`` (each client's active set; shared seeds only) the positions are grouped by the clients that
+    trained them, and each group gets its own record per step: the rule applied over those clients only, with
+    their weights renormalised. With ``client_lr`` a client's scalars count ``lr_k / lr`` times, so the record
+    (applied with the round's lr) moves the model by the mean of the clients' own steps.
+    """
     if not reports:
         return []
+    if client_lr is not None:
+        reports = [dataclasses.replace(r, scalars=(r.scalars.astype(np.float64) * (client_lr[r.client_id] / settings.lr)
+                                                   ).astype(np.float32)) if client_lr[r.client_id] != settings.lr else r
+                   for r in reports]
+    if active is not None:
+        return _aggregate_groups(round_id, reports, settings, scope_base, aggregation, weighting, trim_fraction,
+                                 max_weight_ratio, active)
     if aggregation != "mean" and len(reports) < ROBUST_MIN_CLIENTS:
         logger.warning("round %d: aggregation=%r over %d report(s) cannot outvote a bad one (needs >= %d)",
                        round_id, aggregation, len(reports), ROBUST_MIN_CLIENTS)
@@ -148,4 +164,33 @@ def aggregate_round(round_id: int, reports: Sequence[ClientReport], settings: Ro
             limit = float(np.finfo(np.float32).max)
             scalars = np.clip(per_client.astype(np.float64) * scale, -limit, limit).astype(np.float32)
         records.append(LogRecord(round_id, ZOUpdate(seeds, ZOUpdate.nest(scalars), settings.lr, settings.weight_decay)))
+    return records
+
+
+def position_groups(active: Mapping[int, ActiveSet], clients: Sequence[int]) -> list[tuple[ActiveSet, list[int]]]:
+    """The positions trained by ``clients``, grouped by exactly which of them trained each (lowest position first)."""
+    by_clients: dict[tuple[int, ...], set[int]] = {}
+    for position in sorted(set().union(*(active[k].positions for k in clients))):
+        covering = tuple(k for k in clients if position in active[k].positions)
+        by_clients.setdefault(covering, set()).add(position)
+    groups = [(ActiveSet(frozenset(p)), list(c)) for c, p in by_clients.items()]
+    return sorted(groups, key=lambda g: min(g[0].positions))
+
+
+def _aggregate_groups(round_id: int, reports: Sequence[ClientReport], settings: RoundSettings, scope_base: int,
+                      aggregation: str, weighting: str, trim_fraction: float, max_weight_ratio: float,
+                      active: Mapping[int, ActiveSet]) -> list[LogRecord]:
+    weights = client_weights(reports, weighting, max_weight_ratio)
+    row = {r.client_id: i for i, r in enumerate(reports)}
+    groups = position_groups(active, [r.client_id for r in reports])
+    records = []
+    for step in range(settings.local_steps):
+        seeds = (SeedScope(scope_base, round_id, 0).step_seed(step),)
+        for positions, clients in groups:
+            rows = [row[k] for k in clients]
+            per_client = np.stack([reports[i].scalars[step] for i in rows])
+            group_weights = weights[rows] / weights[rows].sum()
+            scalars = AGGREGATORS[aggregation](per_client, group_weights, trim_fraction)[None]
+            update = ZOUpdate(seeds, ZOUpdate.nest(scalars), settings.lr, settings.weight_decay)
+            records.append(LogRecord(round_id, update, positions.id))
     return records

@@ -8,6 +8,7 @@ weights are ever downloaded.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -16,10 +17,22 @@ import torch
 from torch import nn
 
 from hf_fedzo.engine import DivergenceError, SeedScope, WorkCounters, ZOEstimator, apply_updates
+from hf_fedzo.federation.budgets import ActiveSet, LayerCosts, measure_costs
 from hf_fedzo.federation.protocol import ClientReport, LogRecord, ProtocolError, RoundInstruction, RoundSettings
 
 Batch = Mapping[str, Any]
 BatchLoss = Callable[[nn.Module, Batch], torch.Tensor]
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """The peak memory of the last local steps: ``torch.cuda.max_memory_allocated`` on a GPU (reset before the
+    steps); on the CPU the process's peak resident set size (``ru_maxrss``), a high-water mark of the whole
+    process (in a simulator, of every client it ran so far)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource  # POSIX only; the CPU path
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 class ZOClient:
@@ -39,6 +52,7 @@ class ZOClient:
         self.batch_loss = batch_loss
         self.estimator: ZOEstimator | None = None
         self.synced_round = -1  # every log record up to this round has been applied
+        self.peak_memory_mib: float | None = None  # measured over the last local steps (see peak_memory_mib)
 
     def _estimator_for(self, settings: RoundSettings, batch: Batch) -> ZOEstimator:
         wanted = settings.zo
@@ -63,7 +77,9 @@ class ZOClient:
             raise ProtocolError(f"replay rounds {rounds} are not in order within ({self.synced_round}, "
                                 f"{through_round}]")
         estimator = self._estimator_for(settings, batch)
-        apply_updates(estimator, [r.update for r in records])
+        for active, run in itertools.groupby(records, key=lambda r: r.active):  # a homogeneous log is one run
+            with estimator.restricted(self._active_indices(active)):
+                apply_updates(estimator, [r.update for r in run])
         broken = estimator.nonfinite_parameters() if records else []
         if broken:
             raise DivergenceError(f"round {through_round}: the aggregated update made {len(broken)} trainable "
@@ -71,12 +87,30 @@ class ZOClient:
                                   f"(now {settings.lr}) or zo_eps (now {settings.zo.eps})")
         self.synced_round = through_round
 
+    def _active_indices(self, active: str | None) -> list[int] | None:
+        """The engine's active subset for an active-set id (None: every trainable tensor)."""
+        if active is None:
+            return None
+        assert self.estimator is not None and self.estimator.plan is not None
+        plan = self.estimator.plan
+        try:
+            return ActiveSet.parse(active, plan.num_layers).parameter_indices(plan.positions)
+        except ValueError as err:
+            raise ProtocolError(str(err)) from None
+
+    def layer_costs(self, settings: RoundSettings, batch: Batch) -> LayerCosts:
+        """The model's per-layer costs on ``batch`` (what a heterogeneous server allocates by)."""
+        return measure_costs(self._estimator_for(settings, batch), self.model)
+
     @torch.no_grad()
     def run_local_steps(self, round_id: int, seed_base: int, seed_client: int, settings: RoundSettings,
-                        batches: Sequence[Batch]) -> tuple[np.ndarray, list[float], WorkCounters]:
+                        batches: Sequence[Batch],
+                        active: str | None = None) -> tuple[np.ndarray, list[float], WorkCounters]:
         """Local ZO steps from the current (synced) weights; the weights are restored before returning.
 
-        Returns the (local steps, P1, P2) float32 scalars, the loss of each step and the work done.
+        ``active`` (an active-set id) restricts the steps to those positions: the other trainable tensors are
+        neither perturbed nor updated. Returns the (local steps, P1, P2) float32 scalars, the loss of each step
+        and the work done.
         """
         if len(batches) != settings.local_steps:
             raise ValueError(f"batches: {len(batches)} given for {settings.local_steps} local steps")
@@ -86,19 +120,25 @@ class ZOClient:
         # would make this replica differ from one that only replayed the log. The copy holds the trainable
         # tensors only (small for adapters) and lives on the CPU.
         snapshot = [p.tensor.detach().to("cpu", copy=True) for p in estimator.parameters]
+        device = estimator.parameters[0].tensor.device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         scalars, losses, work = [], [], WorkCounters()
         try:
-            for step, batch in enumerate(batches):
-                estimate = estimator.estimate(lambda b=batch: self.batch_loss(self.model, b), scope.step_seed(step))
-                scalars.append(estimate.scalars.numpy())
-                losses.append(estimate.loss)
-                work += estimate.work
-                if step < settings.local_steps - 1:
-                    estimator.apply_update([(estimate.step_seed, estimate.scalars)], settings.lr,
-                                           settings.weight_decay)
+            with estimator.restricted(self._active_indices(active)):
+                for step, batch in enumerate(batches):
+                    estimate = estimator.estimate(lambda b=batch: self.batch_loss(self.model, b),
+                                                  scope.step_seed(step))
+                    scalars.append(estimate.scalars.numpy())
+                    losses.append(estimate.loss)
+                    work += estimate.work
+                    if step < settings.local_steps - 1:
+                        estimator.apply_update([(estimate.step_seed, estimate.scalars)], settings.lr,
+                                               settings.weight_decay)
         finally:
             for parameter, saved in zip(estimator.parameters, snapshot, strict=True):
                 parameter.tensor.copy_(saved)
+        self.peak_memory_mib = peak_memory_mib(device)
         return np.stack(scalars).astype(np.float32), losses, work
 
     def handle(self, instruction: RoundInstruction, batches: Sequence[Batch],
@@ -107,7 +147,8 @@ class ZOClient:
         settings = instruction.settings
         self.replay(instruction.replay, instruction.round - 1, settings, batches[0], instruction.replay_after)
         scalars, losses, work = self.run_local_steps(instruction.round, instruction.seed_base,
-                                                     instruction.seed_client, settings, batches)
+                                                     instruction.seed_client, instruction.local_settings, batches,
+                                                     instruction.active)
         report = ClientReport(instruction.round, instruction.client_id, num_examples, scalars,
                               float(np.mean(losses)), float(losses[-1]))
         return report, work

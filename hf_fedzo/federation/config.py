@@ -9,6 +9,9 @@ from typing import Any
 
 from hf_fedzo.engine import ZOArguments, zo_field
 from hf_fedzo.federation.aggregation import ROBUST_MIN_CLIENTS, check_aggregation
+from hf_fedzo.federation.allocation import ALLOCATIONS
+from hf_fedzo.federation.budgets import BUDGET_PROFILES
+from hf_fedzo.federation.client_lr import CLIENT_LR_POLICIES
 from hf_fedzo.federation.partition import PARTITIONERS
 from hf_fedzo.federation.protocol import RoundSettings
 from hf_fedzo.registry import Registry
@@ -74,6 +77,18 @@ class FederationConfig(ZOArguments):
     flop_budget: float | None = field(default=None, metadata={
         "help": "stop once the clients' cumulative forward FLOPs reach this (compare methods at equal compute)"})
     fedavg_lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of method=fedavg clients"})
+    # Heterogeneous federations (hf_fedzo.federation.budgets / allocation / client_lr); left at their defaults
+    # they are not part of the config's dict, so a homogeneous run keeps its fingerprint.
+    client_budgets: str | None = field(default=None, metadata={
+        "help": "each client's budget: a JSON file ({'default': {...}, 'clients': {'3': {'flops_per_step': ..., "
+                "'memory_mib': ..., 'layer_fraction': ...}}}) or a profile: " + ", ".join(sorted(BUDGET_PROFILES))})
+    block_allocation: str = field(default="none", metadata={
+        "help": "which layers each sampled client trains: none (all), top (deepest affordable suffix) or zorba "
+                "(coverage-constrained, variance-proxy allocation); see README 'Heterogeneous federations'"})
+    zorba_min_coverage: int = field(default=1, metadata={
+        "help": "block_allocation=zorba: every trainable layer is trained by at least this many clients a round"})
+    client_lr_policy: str = field(default="none", metadata={
+        "help": "per-client learning rate each round: none (learning_rate for all) or fedmezo (see README)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the zo_* fields
@@ -104,6 +119,18 @@ class FederationConfig(ZOArguments):
             warnings.warn(f"aggregation={self.aggregation!r} with {reporting} reporting client(s) per round cannot "
                           f"outvote one bad report: use clients_per_round >= {ROBUST_MIN_CLIENTS}", stacklevel=2)
         self.round_settings()  # local_steps, batch_size and the method's zo_* values
+        ALLOCATIONS.check(self.block_allocation)
+        CLIENT_LR_POLICIES.check(self.client_lr_policy)
+        if self.zorba_min_coverage < 1:
+            raise ValueError(f"zorba_min_coverage must be >= 1 (got {self.zorba_min_coverage})")
+        if self.heterogeneous and (self.per_client_seeds or METHODS[self.method].first_order):
+            raise ValueError(f"block_allocation={self.block_allocation!r} / client_budgets aggregate each layer over "
+                             "the clients that trained it, which needs shared seeds and a ZO method")
+
+    @property
+    def heterogeneous(self) -> bool:
+        """Clients train different layers (or declare budgets): the server allocates active sets each round."""
+        return self.block_allocation != "none" or self.client_budgets is not None
 
     def budget_spent(self, flops: float) -> bool:
         return self.flop_budget is not None and flops >= self.flop_budget
@@ -123,4 +150,12 @@ class FederationConfig(ZOArguments):
                              weight_decay=self.weight_decay, local_steps=self.local_steps, batch_size=self.batch_size)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"round_settings": asdict(self.round_settings())}
+        data = asdict(self)
+        for name, default in HETEROGENEOUS_DEFAULTS.items():
+            if data[name] == default:
+                del data[name]
+        return data | {"round_settings": asdict(self.round_settings())}
+
+
+HETEROGENEOUS_DEFAULTS = {"client_budgets": None, "block_allocation": "none", "zorba_min_coverage": 1,
+                          "client_lr_policy": "none"}

@@ -16,6 +16,7 @@ payload, is a :class:`ProtocolError`.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math
 import re
@@ -38,6 +39,7 @@ MAX_INDEX = 2**31 - 1  # rounds, client ids
 MAX_NUM_EXAMPLES = 10**12
 MAX_SHAPE = 2**16  # local steps, P1, P2
 _SEED = re.compile(r"-?[0-9]{1,20}")
+_ACTIVE = re.compile(r"none|-?[0-9]{1,6}(:-?[0-9]{1,6})?(,-?[0-9]{1,6}(:-?[0-9]{1,6})?){0,4096}")
 
 
 class ProtocolError(ValueError):
@@ -114,6 +116,16 @@ def _unpack_floats(text: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
     return np.frombuffer(raw, dtype="<f4").reshape(shape).astype(np.float32)
 
 
+def _active(data: dict[str, Any], what: str) -> str | None:
+    """An optional active-set id: positions like ``-1,3:5,8`` (parsed by the federation's budgets module)."""
+    value = data.get("active")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _ACTIVE.fullmatch(value):
+        raise ProtocolError(f"{what}: active must be an active-set id like '3:5,8', got {_short(value)}")
+    return value
+
+
 def check_setting_types(values: dict[str, Any]) -> None:
     """Round settings (the engine's flattened in) checked by type first: they also arrive from the wire, where
     0.7 or "1" must not pass as an int. A missing name is left to the constructor's own error."""
@@ -182,12 +194,14 @@ class LogRecord:
 
     round: int
     update: ZOUpdate
+    active: str | None = None  # the active-set id (positions) it moves; None: every trainable tensor
 
     def to_json(self) -> dict[str, Any]:
         scalars = np.asarray(self.update.scalars, dtype=np.float32)
-        return {"round": self.round, "step_seeds": [str(s) for s in self.update.step_seeds],
+        data = {"round": self.round, "step_seeds": [str(s) for s in self.update.step_seeds],
                 "shape": list(scalars.shape), "scalars": _pack_floats(scalars),
                 "lr": self.update.lr, "weight_decay": self.update.weight_decay}
+        return data if self.active is None else data | {"active": self.active}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LogRecord:
@@ -203,7 +217,7 @@ class LogRecord:
         lr, weight_decay = _float(data, "lr", what), _float(data, "weight_decay", what)
         if not (math.isfinite(lr) and math.isfinite(weight_decay)):
             raise ProtocolError(f"{what}: lr and weight_decay must be finite (got {lr}, {weight_decay})")
-        return cls(round_id, ZOUpdate(seeds, ZOUpdate.nest(scalars), lr, weight_decay))
+        return cls(round_id, ZOUpdate(seeds, ZOUpdate.nest(scalars), lr, weight_decay), _active(data, what))
 
 
 @dataclass(frozen=True)
@@ -219,11 +233,20 @@ class RoundInstruction:
     settings: RoundSettings
     replay_after: int = -1  # the replay holds every log record after this round (the client's last sync)
     replay: tuple[LogRecord, ...] = ()
+    active: str | None = None  # the positions this client trains this round (None: everything)
+    lr: float | None = None  # this client's learning rate this round (None: the settings' lr)
+
+    @property
+    def local_settings(self) -> RoundSettings:
+        """The settings of this client's local steps (its own learning rate, when the server set one)."""
+        return self.settings if self.lr is None else dataclasses.replace(self.settings, lr=self.lr)
 
     def to_json(self) -> dict[str, Any]:
-        return {"round": self.round, "client_id": self.client_id, "seed_base": str(self.seed_base),
+        data = {"round": self.round, "client_id": self.client_id, "seed_base": str(self.seed_base),
                 "seed_client": self.seed_client, "settings": self.settings.to_json(),
                 "replay_after": self.replay_after, "replay": [r.to_json() for r in self.replay]}
+        extra = {"active": self.active, "lr": self.lr}  # only heterogeneous rounds carry them
+        return data | {k: v for k, v in extra.items() if v is not None}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RoundInstruction:
@@ -236,9 +259,12 @@ class RoundInstruction:
         except (TypeError, ValueError) as err:
             raise ProtocolError(f"round settings: {err}") from err
         replay = tuple(LogRecord.from_json(r) for r in _list(data, "replay", what))
+        lr = _float(data, "lr", what) if "lr" in data else None
+        if lr is not None and not (math.isfinite(lr) and lr >= 0):
+            raise ProtocolError(f"{what}: lr must be a finite number >= 0 (got {lr})")
         return cls(_int(data, "round", what), _int(data, "client_id", what), _seed(_get(data, "seed_base", what), what),
                    _int(data, "seed_client", what, 0, MAX_INDEX + 1), settings, _int(data, "replay_after", what, -1),
-                   replay)
+                   replay, _active(data, what), lr)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ class ClientRecord:
     report: bytes | None = None
     bytes_up: int | None = None
     work: WorkCounters = field(default_factory=WorkCounters)
+    peak_memory_mib: float | None = None  # measured by the client (see ZOClient.peak_memory_mib)
 
     def __post_init__(self) -> None:
         if self.report is not None and self.bytes_up is None:
@@ -66,18 +67,22 @@ class RoundRecord:
     resynced: dict[int, int] = field(default_factory=dict)
     clipped: dict[int, str] = field(default_factory=dict)  # what the server's screening did to a client's report
     eval: dict[str, float] | None = None
+    # Heterogeneous rounds: per client, its active positions, lr, work per block and measured peak memory.
+    accounting: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def flops(self) -> int:
         return self.work.flops
 
     def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if k not in ("work", "eval", "clipped")}
+        data = {k: v for k, v in asdict(self).items() if k not in ("work", "eval", "clipped", "accounting")}
         for name in ("rejected", "bytes_down", "bytes_up", "failed", "resynced"):
             data[name] = {str(k): v for k, v in data[name].items()}
         if self.clipped:  # only rounds where screening acted carry it
             data["clipped"] = {str(k): v for k, v in self.clipped.items()}
         data |= self.work.to_dict() | {"flops": self.flops}
+        if self.accounting:
+            data["accounting"] = {str(k): v for k, v in self.accounting.items()}
         return data if self.eval is None else data | {"eval": dict(self.eval)}
 
     @classmethod
@@ -93,7 +98,8 @@ class RoundRecord:
                    work=work, cumulative_flops=int(data["cumulative_flops"]), train_loss=data["train_loss"],
                    seconds=float(data["seconds"]), unreachable=list(data.get("unreachable", [])),
                    unanswered=list(data.get("unanswered", [])), failed=by_client("failed"),
-                   resynced=by_client("resynced"), clipped=by_client("clipped"), eval=data.get("eval"))
+                   resynced=by_client("resynced"), clipped=by_client("clipped"), eval=data.get("eval"),
+                   accounting=by_client("accounting"))
 
 
 @dataclass

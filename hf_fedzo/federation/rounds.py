@@ -142,7 +142,7 @@ def run_rounds(server: FederatedServer, exchange: Exchange, *,
             bytes_up={c.client_id: c.bytes_up for c in exchanged.clients if c.bytes_up is not None},
             work=work, cumulative_flops=spent, train_loss=train_loss, seconds=time.perf_counter() - started,
             unreachable=exchanged.unreachable, unanswered=exchanged.unanswered, failed=exchanged.failed,
-            resynced=exchanged.resynced, clipped=dict(server.clipped))
+            resynced=exchanged.resynced, clipped=dict(server.clipped), accounting=server.accounting(exchanged.clients))
         if evaluate is not None and exchange.is_main_process and config.evaluation_due(round_id, spent):
             record.eval = dict(evaluate())
         result.rounds.append(record)

@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,9 @@ import torch
 
 from hf_fedzo.engine import ZOUpdate, clip_scalars, history_threshold, mix_seed
 from hf_fedzo.federation.aggregation import aggregate_round, screen_reports
+from hf_fedzo.federation.allocation import allocate
+from hf_fedzo.federation.budgets import ActiveSet, ClientBudget, LayerCosts, positions_label, resolve_budgets
+from hf_fedzo.federation.client_lr import CLIENT_LR_POLICIES, report_statistics
 from hf_fedzo.federation.config import FederationConfig
 from hf_fedzo.federation.protocol import (
     MAX_MESSAGE_BYTES,
@@ -27,6 +31,7 @@ from hf_fedzo.federation.protocol import (
     RoundInstruction,
     decode,
 )
+from hf_fedzo.federation.records import ClientRecord
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +47,8 @@ class RoundState:
     sampled: list[int]
     reports: dict[int, ClientReport] = field(default_factory=dict)
     rejected: dict[int, str] = field(default_factory=dict)
+    active: dict[int, ActiveSet] | None = None  # heterogeneous rounds: what each sampled client trains
+    client_lr: dict[int, float] | None = None  # a client-wise lr policy: each sampled client's lr
 
 
 class FederatedServer:
@@ -60,8 +67,20 @@ class FederatedServer:
         self.completed_round = -1
         self.synced: dict[int, int] = {}  # client id → last round it replayed through
         self.current: RoundState | None = None
+        self.last_round: RoundState | None = None
         self.clipped: dict[int, str] = {}  # what screening did to the last finished round's reports, per client
         self.clipped_scalars = 0  # aggregated scalars cut by --zo_clip so far
+        self.costs: LayerCosts | None = None  # the model's per-layer costs (heterogeneous federations)
+        self.budgets: list[ClientBudget] | None = None
+        self.client_stats: dict[int, dict[str, float]] = {}  # each client's latest report statistics
+
+    def set_costs(self, costs: LayerCosts, reported: dict[int, ClientBudget] | None = None) -> None:
+        """Give the server the model's layer costs (measured by a replica) and resolve every client's budget;
+        ``reported`` budgets (a Flower node's own, already validated) replace the configured ones."""
+        self.costs = costs
+        self.budgets = resolve_budgets(self.config.client_budgets, self.config.num_clients, costs)
+        for client_id, budget in (reported or {}).items():
+            self.budgets[client_id] = budget
 
     # ---------------------------------------------------------------------------------------- rounds
     def sample_clients(self, round_id: int) -> list[int]:
@@ -77,8 +96,18 @@ class FederatedServer:
     def start_round(self, round_id: int) -> list[int]:
         if round_id != self.completed_round + 1:
             raise ValueError(f"round {round_id} cannot start: the last completed round is {self.completed_round}")
-        self.current = RoundState(round_id, self.sample_clients(round_id))
-        return self.current.sampled
+        state = RoundState(round_id, self.sample_clients(round_id))
+        if self.config.heterogeneous:
+            if self.costs is None or self.budgets is None:
+                raise ValueError("a heterogeneous federation needs the model's layer costs: the transport calls "
+                                 "server.set_costs(...) before the first round")
+            state.active = allocate(self.config.block_allocation, state.sampled, self.budgets, self.costs,
+                                    self.config.zorba_min_coverage)
+        if self.config.client_lr_policy != "none":
+            policy = CLIENT_LR_POLICIES[self.config.client_lr_policy]
+            state.client_lr = {k: policy(k, self.settings.lr, self.client_stats) for k in state.sampled}
+        self.current = state
+        return state.sampled
 
     def open_round(self, round_id: int) -> tuple[list[int], list[int]]:
         """Start ``round_id``; return the sampled clients and, for a simulation, the seeded drop-outs."""
@@ -102,7 +131,10 @@ class FederatedServer:
         replay = tuple(r for r in self.log if r.round > after)
         self.synced[client_id] = state.round - 1
         seed_client = client_id + 1 if self.config.per_client_seeds else 0
-        return RoundInstruction(state.round, client_id, self.config.seed, seed_client, self.settings, after, replay)
+        active = None if state.active is None else state.active[client_id].id
+        lr = None if state.client_lr is None else state.client_lr[client_id]
+        return RoundInstruction(state.round, client_id, self.config.seed, seed_client, self.settings, after, replay,
+                                active, lr)
 
     # -------------------------------------------------------------------------------------- reports
     def receive(self, data: bytes) -> ClientReport:
@@ -155,13 +187,32 @@ class FederatedServer:
         records = aggregate_round(state.round, reports, self.settings, self.config.seed,
                                   shared_seeds=not self.config.per_client_seeds,
                                   aggregation=self.config.aggregation, weighting=self.config.weighting,
-                                  trim_fraction=self.config.trim_fraction, max_weight_ratio=weight_ratio)
+                                  trim_fraction=self.config.trim_fraction, max_weight_ratio=weight_ratio,
+                                  active=state.active, client_lr=state.client_lr)
+        for report in self.accepted_reports():
+            self.client_stats[report.client_id] = report_statistics(report.scalars, report.loss_mean)
         if self.config.zo_clip:
             records = [self._clipped(record) for record in records]
         self.log.extend(records)
         self.completed_round = state.round
-        self.current = None
+        self.current, self.last_round = None, state
         return records
+
+    def accounting(self, clients: Sequence[ClientRecord]) -> dict[int, dict[str, Any]]:
+        """Per client of the round just finished (heterogeneous federations only): its active positions, the lr
+        it ran with, its forwards and FLOPs per block and its measured peak memory."""
+        state = self.last_round
+        if state is None or not self.config.heterogeneous or self.costs is None:
+            return {}
+        rows = {}
+        for client in clients:
+            active = state.active[client.client_id] if state.active else None
+            lr = state.client_lr[client.client_id] if state.client_lr else self.settings.lr
+            rows[client.client_id] = {
+                "active": None if active is None else positions_label(active.positions, self.costs.num_layers),
+                "active_id": None if active is None else active.id, "lr": lr, **client.work.to_dict(),
+                "peak_memory_mib": client.peak_memory_mib}
+        return rows
 
     def _clipped(self, record: LogRecord) -> LogRecord:
         """``record`` with its scalars clipped against the log so far (the threshold is a function of the log,
@@ -180,11 +231,16 @@ class FederatedServer:
 
     # ---------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        return {"completed_round": self.completed_round, "synced": {str(k): v for k, v in self.synced.items()},
-                "log": [r.to_json() for r in self.log]}
+        state = {"completed_round": self.completed_round, "synced": {str(k): v for k, v in self.synced.items()},
+                 "log": [r.to_json() for r in self.log]}
+        if self.config.client_lr_policy != "none":  # what the next rounds' client rates are computed from
+            state["client_stats"] = {str(k): v for k, v in self.client_stats.items()}
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.completed_round = int(state["completed_round"])
         self.synced = {int(k): int(v) for k, v in state["synced"].items()}
         self.log = [LogRecord.from_json(r) for r in state["log"]]
+        stats = state.get("client_stats", {})
+        self.client_stats = {int(k): {n: float(x) for n, x in v.items()} for k, v in stats.items()}
         self.current = None

@@ -71,13 +71,19 @@ class AccelerateExchange(Exchange):
         batches = data.round_batches(self.config.seed, instruction.round, instruction.client_id,
                                      settings.local_steps, settings.batch_size)
         scalars, losses, work = self.replica.run_local_steps(instruction.round, instruction.seed_base,
-                                                             instruction.seed_client, settings, batches)
+                                                             instruction.seed_client, instruction.local_settings,
+                                                             batches, instruction.active)
         report = ClientReport(instruction.round, instruction.client_id, len(data.examples), scalars,
                               sum(losses) / len(losses), losses[-1])
-        return ClientRecord(instruction.client_id, len(instruction_bytes), encode(report), work=work)
+        return ClientRecord(instruction.client_id, len(instruction_bytes), encode(report), work=work,
+                            peak_memory_mib=self.replica.peak_memory_mib)
 
     def apply(self, records: Sequence[LogRecord], through_round: int) -> None:
         self.replica.replay(records, through_round, self.settings, self.probe)
+
+    def start(self, server: FederatedServer) -> None:
+        if server.config.heterogeneous and server.costs is None:  # every process measures the same costs
+            server.set_costs(self.replica.layer_costs(self.settings, self.probe))
 
     def round_done(self, record: RoundRecord) -> None:
         self.state.wait_for_everyone()
