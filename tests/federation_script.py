@@ -13,8 +13,11 @@ out = sys.argv[1]
 torch.set_num_threads(1)
 state = PartialState(cpu=True)
 model = tiny_model()
-result = simulate_federation(model, batch_loss, client_data(), config(dropout=0.34, local_steps=1),
-                             output_dir=f"{out}/run")
+overrides = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {"dropout": 0.34, "local_steps": 1}
+result = simulate_federation(model, batch_loss, client_data(), config(**overrides), output_dir=f"{out}/run")
 with open(f"{out}/rank{state.process_index}.json", "w") as f:
     json.dump({"world": state.num_processes, "checksum": checksum(model),
-               "rounds": [{k: v for k, v in r.to_dict().items() if k != "seconds"} for r in result.rounds]}, f)
+               "rounds": [{k: v for k, v in r.to_dict().items() if k not in ("seconds", "accounting")}
+                          for r in result.rounds],
+               "accounting": [{k: {n: x for n, x in a.items() if n != "peak_memory_mib"}
+                               for k, a in r.accounting.items()} for r in result.rounds]}, f)

@@ -195,3 +195,50 @@ def test_heterogeneous_flags_are_validated() -> None:
     with pytest.raises(ValueError, match="shared seeds"):
         config(block_allocation="top", per_client_seeds=True)
     assert "block_allocation" not in config().to_dict()  # a homogeneous run keeps its fingerprint
+
+
+def test_frozen_layer_caching_gives_the_losses_of_full_forwards(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cached activation path (stem, moved cut) is an optimisation only: same scalars as uncached forwards."""
+    from hf_fedzo.engine import ZOEstimator
+
+    cfg = config()
+    client = ZOClient(tiny_model(), batch_loss)
+    batch = client_data()[0].round_batches(cfg.seed, 0, 0, 1, cfg.batch_size)[0]
+    estimator = ZOEstimator(client.model, cfg.round_settings().zo)
+    estimator.prepare(lambda: batch_loss(client.model, batch))
+    assert estimator.plan is not None
+    for window in (ActiveSet.window(1, 4), ActiveSet.window(3, 4)):  # below the split at 2, and above it
+        indices = window.parameter_indices(estimator.plan.positions)
+        with estimator.restricted(indices):
+            assert estimator.frozen_layers() > 0
+            start = [p.tensor.detach().clone() for p in estimator.parameters]
+            cached = estimator.estimate(lambda: batch_loss(client.model, batch), 123)
+            with torch.no_grad():  # undo the restore's rounding residue
+                for p, saved in zip(estimator.parameters, start, strict=True):
+                    p.tensor.copy_(saved)
+            with monkeypatch.context() as patch:
+                patch.setattr(estimator, "frozen_layers", lambda: 0)
+                uncached = estimator.estimate(lambda: batch_loss(client.model, batch), 123)
+        assert torch.equal(cached.scalars, uncached.scalars)
+        assert cached.work.flops < uncached.work.flops
+
+
+@pytest.mark.slow
+def test_two_process_heterogeneous_simulation_matches_one_process(tmp_path: Path) -> None:
+    from tests.launch import REPO, launch_two_processes
+
+    overrides = {"block_allocation": "zorba", "client_budgets": "half-quarter", "client_lr_policy": "fedmezo",
+                 "local_steps": 2}
+    launch_two_processes(REPO / "tests" / "federation_script.py", str(tmp_path), json.dumps(overrides))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world"] for r in ranks] == [2, 2]
+    assert ranks[0] == ranks[1]
+    single = tiny_model()
+    result = simulate_federation(single, batch_loss, client_data(), config(**overrides))
+    assert checksum(single) == ranks[0]["checksum"]
+    assert [{k: v for k, v in r.to_dict().items() if k not in ("seconds", "accounting")}
+            for r in result.rounds] == ranks[0]["rounds"]
+    accounting = [{str(k): {n: x for n, x in a.items() if n != "peak_memory_mib"} for k, a in r.accounting.items()}
+                  for r in result.rounds]
+    assert accounting == ranks[0]["accounting"]
+    assert len({a["active_id"] for r in accounting for a in r.values()}) > 1  # really heterogeneous

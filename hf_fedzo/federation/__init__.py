@@ -8,7 +8,17 @@ records, :mod:`results` its only writer) ← the exchanges of :mod:`simulation` 
 """
 
 from hf_fedzo.federation.aggregation import AGGREGATORS, aggregate_round, register_aggregator
+from hf_fedzo.federation.allocation import ALLOCATIONS, AllocationError, allocate, register_allocation
+from hf_fedzo.federation.budgets import (
+    BUDGET_PROFILES,
+    ActiveSet,
+    ClientBudget,
+    LayerCosts,
+    budget_from_mapping,
+    resolve_budgets,
+)
 from hf_fedzo.federation.client import Batch, BatchLoss, ZOClient
+from hf_fedzo.federation.client_lr import CLIENT_LR_POLICIES, register_client_lr_policy
 from hf_fedzo.federation.clients import ClientData, task_batch_loss, task_clients
 from hf_fedzo.federation.config import METHODS, FederationConfig, Method
 from hf_fedzo.federation.fedavg import simulate_fedavg
@@ -32,6 +42,9 @@ from hf_fedzo.federation.simulation import AccelerateExchange, simulate_federati
 
 __all__ = [
     "AGGREGATORS",
+    "ALLOCATIONS",
+    "BUDGET_PROFILES",
+    "CLIENT_LR_POLICIES",
     "MAX_MESSAGE_BYTES",
     "METHODS",
     "PARTITIONERS",
@@ -39,8 +52,11 @@ __all__ = [
     "RESULTS_FILE",
     "STATE_FILE",
     "AccelerateExchange",
+    "ActiveSet",
+    "AllocationError",
     "Batch",
     "BatchLoss",
+    "ClientBudget",
     "ClientData",
     "ClientRecord",
     "ClientReport",
@@ -49,6 +65,7 @@ __all__ = [
     "FederatedServer",
     "FederationConfig",
     "FederationResult",
+    "LayerCosts",
     "LogRecord",
     "Method",
     "ProtocolError",
@@ -58,13 +75,18 @@ __all__ = [
     "ZOClient",
     "accept_reports",
     "aggregate_round",
+    "allocate",
+    "budget_from_mapping",
     "decode",
     "describe_partition",
     "encode",
     "federation_figures",
     "partition_dataset",
     "register_aggregator",
+    "register_allocation",
+    "register_client_lr_policy",
     "register_partitioner",
+    "resolve_budgets",
     "run_fingerprint",
     "run_rounds",
     "simulate_fedavg",

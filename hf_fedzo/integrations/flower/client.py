@@ -28,7 +28,7 @@ from hf_fedzo.federation import (
     decode,
     encode,
 )
-from hf_fedzo.integrations.flower.config import MESSAGE, RECORD, RESYNC, WORK, logger, payload
+from hf_fedzo.integrations.flower.config import BUDGET_KEYS, MESSAGE, RECORD, RESYNC, WORK, logger, payload
 
 ModelFn = Callable[[Context], tuple[nn.Module, BatchLoss]]
 DataFn = Callable[[Context, int], ClientData]
@@ -99,8 +99,10 @@ def _save_client(replica: _Replica, context: Context, client_id: int) -> None:
 
 def _query(message: Message, context: Context) -> Message:
     client_id, num_clients = client_id_of(context)
+    budget = {key: float(context.node_config[key]) for key in BUDGET_KEYS if key in context.node_config}
     return Message(RecordDict({RECORD: ConfigRecord({"partition-id": client_id, "num-partitions": num_clients,
-                                                     "protocol-version": PROTOCOL_VERSION})}), reply_to=message)
+                                                     "protocol-version": PROTOCOL_VERSION, **budget})}),
+                   reply_to=message)
 
 
 def _train(message: Message, context: Context, model_fn: ModelFn, data_fn: DataFn) -> Message:
@@ -131,8 +133,9 @@ def _train(message: Message, context: Context, model_fn: ModelFn, data_fn: DataF
     replica.holds = None  # the replay moves the tensors: if it fails half-way they belong to no synced round
     report, work = replica.client.handle(instruction, batches, len(data.examples))
     _save_client(replica, context, client_id)
+    peak = {} if replica.client.peak_memory_mib is None else {"peak_memory_mib": replica.client.peak_memory_mib}
     return Message(RecordDict({RECORD: ConfigRecord({MESSAGE: encode(report)}),
-                               WORK: MetricRecord(work.to_dict())}), reply_to=message)
+                               WORK: MetricRecord(work.to_dict() | peak)}), reply_to=message)
 
 
 def make_client_app(model_fn: ModelFn, data_fn: DataFn) -> ClientApp:

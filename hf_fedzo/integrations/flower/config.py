@@ -16,6 +16,9 @@ WORK = "hf_fedzo.work"  # the MetricRecord with a client's local work (not part 
 MESSAGE = "message"
 RESYNC = "resync-after"
 DISCOVERY_GROUP = "hf_fedzo-discovery"
+# A node's budget (heterogeneous federations): node-config keys, echoed in its answer to the discovery query.
+BUDGET_KEYS = {"budget-memory-mib": "memory_mib", "budget-flops-per-step": "flops_per_step",
+               "budget-deadline-s": "deadline_s"}
 
 # Flower's own logger, so our lines show up in `flwr run --stream` and the SuperLink logs.
 logger = logging.getLogger("flwr.hf_fedzo")

@@ -20,6 +20,7 @@ from hf_fedzo.federation import (
     MAX_MESSAGE_BYTES,
     PROTOCOL_VERSION,
     Batch,
+    ClientBudget,
     ClientRecord,
     Exchange,
     Exchanged,
@@ -30,10 +31,20 @@ from hf_fedzo.federation import (
     ProtocolError,
     RoundRecord,
     ZOClient,
+    budget_from_mapping,
     encode,
     run_rounds,
 )
-from hf_fedzo.integrations.flower.config import DISCOVERY_GROUP, MESSAGE, RECORD, RESYNC, WORK, logger, payload
+from hf_fedzo.integrations.flower.config import (
+    BUDGET_KEYS,
+    DISCOVERY_GROUP,
+    MESSAGE,
+    RECORD,
+    RESYNC,
+    WORK,
+    logger,
+    payload,
+)
 
 Evaluate = Callable[[Any], Mapping[str, float]]
 
@@ -88,6 +99,7 @@ class FlowerFederation(Exchange):
         self.on_round_end = on_round_end
         self.nodes: dict[int, int] = {}  # client id → node id
         self.ignored: set[int] = set()  # nodes of another federation size or protocol version
+        self.reported_budgets: dict[int, ClientBudget] = {}  # client id → the budget its node reported
         self.result = FederationResult()
         self.grid: GridLike | None = None
 
@@ -117,6 +129,8 @@ class FlowerFederation(Exchange):
                                "protocol %d)", node, client_id, size, version, self.config.num_clients,
                                PROTOCOL_VERSION)
                 self.ignored.add(node)
+            elif not self._budget_accepted(node, client_id, record):
+                self.ignored.add(node)
             elif client_id in self.nodes:
                 # Not ignored for good: a restarted SuperNode gets a new node id while the SuperLink still lists
                 # the old one for a while; it is asked again next round and takes over once the old one is gone.
@@ -124,8 +138,21 @@ class FlowerFederation(Exchange):
             else:
                 self.nodes[client_id] = node
 
+    def _budget_accepted(self, node: int, client_id: int, record: ConfigRecord) -> bool:
+        """Keep the budget a node reports (checked like a budgets file's entry; a malformed one ignores the node)."""
+        values = {name: record[key] for key, name in BUDGET_KEYS.items() if key in record}
+        if not values:
+            return True
+        try:
+            self.reported_budgets[client_id] = budget_from_mapping(values, f"node {node} (client {client_id})")
+        except ValueError as err:
+            logger.warning("node %d ignored: %s", node, err)
+            return False
+        return True
+
     def start(self, server: FederatedServer) -> None:
-        """Wait up to ``wait_for_nodes`` seconds for nodes covering ``min_nodes`` clients."""
+        """Wait up to ``wait_for_nodes`` seconds for nodes covering ``min_nodes`` clients; a heterogeneous federation
+        then measures the layer costs on the replica and takes the budgets the nodes reported."""
         assert self.grid is not None
         deadline = time.monotonic() + self.wait_for_nodes
         while True:
@@ -137,6 +164,11 @@ class FlowerFederation(Exchange):
         if len(self.nodes) < self.min_nodes:
             logger.warning("only %d of %d clients connected after %.0f s; the missing ones drop out of their rounds",
                            len(self.nodes), self.min_nodes, self.wait_for_nodes)
+        if server.config.heterogeneous and server.costs is None:
+            if self.replica is None or self.probe is None:
+                raise ValueError("a heterogeneous federation (block_allocation / client_budgets) over Flower needs the "
+                                 "server replica (replica=, probe=) to measure the model's layer costs")
+            server.set_costs(self.replica.layer_costs(server.settings, self.probe), self.reported_budgets)
 
     # ------------------------------------------------------------------------------------------ rounds
     def exchange(self, server: FederatedServer, round_id: int, active: Sequence[int]) -> Exchanged:
@@ -179,6 +211,8 @@ class FlowerFederation(Exchange):
                 work = reply.content.get(WORK)
                 try:  # accounting only, not protocol: a malformed record costs the round's FLOP count, no more
                     clients[k].work = WorkCounters.from_mapping(work)  # type: ignore[arg-type]
+                    peak = work.get("peak_memory_mib")  # type: ignore[union-attr]
+                    clients[k].peak_memory_mib = float(peak) if isinstance(peak, int | float) else None
                 except (AttributeError, TypeError, ValueError):
                     logger.warning("round %d: client %d sent no usable work record", round_id, k)
             pending = resend

@@ -1,0 +1,78 @@
+"""Heterogeneous federations over Flower (needs the ``flower`` extra; skipped without it): the same allocation, log
+and weights as the simulator, and budgets a node reports in its first reply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+pytest.importorskip("flwr")
+
+from flwr.app import Context
+
+from hf_fedzo.integrations import flower
+from tests.test_flower import (
+    NUM_CLIENTS,
+    LocalGrid,
+    assert_same_weights,
+    client_app,
+    fed_config,
+    server_side,
+    simulated,
+    task_identity,  # noqa: F401 (a fixture)
+)
+
+HETERO: dict[str, Any] = {"block_allocation": "zorba", "client_budgets": "half-quarter", "client_lr_policy": "fedmezo",
+                          "num_clients": 4, "clients_per_round": 3}
+
+
+def test_in_process_heterogeneous_federation_matches_the_simulator(task_identity: None) -> None:  # noqa: F811
+    cfg = fed_config(rounds=3, **HETERO)
+    federation = server_side(cfg)
+    result = federation.run(LocalGrid(client_app(), run_id=201, num_nodes=cfg.num_clients))
+    reference, reference_rounds = simulated(cfg)
+    assert_same_weights(federation.replica.model, reference)  # type: ignore[union-attr]
+    assert [r.sampled for r in result.rounds] == [r.sampled for r in reference_rounds]
+    assert [r.flops for r in result.rounds] == [r.flops for r in reference_rounds]
+    ours = [{k: a["active_id"] for k, a in r.accounting.items()} for r in result.rounds]
+    assert ours == [{k: a["active_id"] for k, a in r.accounting.items()} for r in reference_rounds]
+    assert len({a for r in ours for a in r.values()}) > 1
+
+
+def test_a_node_reported_budget_is_used_and_a_bad_one_ignores_the_node(task_identity: None) -> None:  # noqa: F811
+    cfg = fed_config(rounds=1, num_clients=NUM_CLIENTS, clients_per_round=NUM_CLIENTS, block_allocation="top")
+    grid = LocalGrid(client_app(), run_id=202)
+    nodes = sorted(grid.contexts)
+    federation = server_side(cfg, min_nodes=NUM_CLIENTS - 1, wait_for_nodes=1.0)
+    costs = federation.replica.layer_costs(cfg.round_settings(), federation.probe)  # type: ignore[union-attr]
+    weak = costs.step_flops(costs.top(0.25))
+    grid.contexts[nodes[1]].node_config["budget-flops-per-step"] = float(weak)
+    grid.contexts[nodes[2]].node_config["budget-flops-per-step"] = -5.0
+    result = federation.run(grid)
+    assert federation.server.budgets is not None
+    assert federation.server.budgets[1].flops_per_step == weak
+    assert nodes[2] in federation.ignored and 2 in result.rounds[0].unreachable
+    assert result.rounds[0].accounting[1]["active_id"] == costs.top(0.25).id
+
+
+def test_flower_simulation_engine_matches_the_simulator_on_a_heterogeneous_run() -> None:
+    from flwr.simulation import run_simulation
+
+    cfg = fed_config(rounds=2, **HETERO)
+    federations: list[flower.FlowerFederation] = []
+
+    def build(context: Context) -> flower.FlowerFederation:
+        federations.append(server_side(cfg, wait_for_nodes=60))
+        return federations[-1]
+
+    backend = {"init_args": {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024, "logging_level": "ERROR",
+                             "log_to_driver": True},
+               "client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
+    run_simulation(flower.make_server_app(build), client_app(), num_supernodes=cfg.num_clients, backend_config=backend)
+    (federation,) = federations
+    reference, reference_rounds = simulated(cfg)
+    assert all(not r.unreachable and not r.unanswered and not r.failed and not r.rejected
+               for r in federation.result.rounds), federation.result.rounds
+    assert [r.sampled for r in federation.result.rounds] == [r.sampled for r in reference_rounds]
+    assert_same_weights(federation.replica.model, reference)  # type: ignore[union-attr]
