@@ -12,7 +12,7 @@ import torch
 from hf_fedzo.engine import SeedScope
 from hf_fedzo.federation import ClientReport, FederatedServer, ZOClient, simulate_federation
 from hf_fedzo.federation.aggregation import aggregate_round
-from hf_fedzo.federation.allocation import AllocationError, allocate
+from hf_fedzo.federation.allocation import AllocationError, allocate, check_budgets
 from hf_fedzo.federation.budgets import ActiveSet, ClientBudget, LayerCosts, resolve_budgets
 from hf_fedzo.federation.client_lr import CLIENT_LR_POLICIES
 from tests.federation_setup import batch_loss, checksum, client_data, config, tiny_model
@@ -74,8 +74,15 @@ def test_budgets_no_allocation_can_meet_name_the_client(tmp_path: Path) -> None:
     with pytest.raises(AllocationError, match=r"client 1: budget .* full model"):
         allocate("none", [0, 1], [ClientBudget(), ClientBudget(flops_per_step=1e3)], costs)
     weak = ClientBudget(flops_per_step=costs.step_flops(costs.top(0.25)))
-    with pytest.raises(AllocationError, match="position 0 is covered by 0 client"):
-        allocate("zorba", [0, 1], [weak, weak], costs, min_coverage=1)
+    with pytest.raises(AllocationError, match=r"position 0 is within the budget of 0 client\(s\)"):
+        check_budgets("zorba", [weak, weak], costs, min_coverage=1)
+    with pytest.raises(AllocationError, match=r"client 1: budget"):
+        check_budgets("top", [ClientBudget(), tiny], costs)
+    poor = tmp_path / "poor.json"
+    poor.write_text(json.dumps({"clients": {"0": {"flops_per_step": 1.0}}}))
+    with pytest.raises(AllocationError, match=r"client 0: budget"):  # at the start of a run, before any round
+        simulate_federation(tiny_model(), batch_loss, client_data(), config(block_allocation="top",
+                                                                            client_budgets=str(poor)))
     path = tmp_path / "budgets.json"
     path.write_text(json.dumps({"clients": {"3": {"flops_per_step": -1}}}))
     with pytest.raises(ValueError, match=r"budgets\.json client 3: flops_per_step must be"):

@@ -94,13 +94,9 @@ def variance_proxy(allocation: Mapping[int, ActiveSet], costs: LayerCosts) -> fl
 def _zorba(clients: Sequence[int], budgets: Mapping[int, ClientBudget], costs: LayerCosts,
            min_coverage: int) -> dict[int, ActiveSet]:
     allocation = _top(clients, budgets, costs, min_coverage)
-    needed = min(min_coverage, len(clients))
-    for p in costs.trainable_positions():
-        if coverage(allocation, p) < needed:
-            able = sorted(k for k, a in allocation.items() if p in a.positions)
-            raise AllocationError(
-                f"position {p} is covered by {len(able)} client(s) {able} in this round, below zorba_min_coverage="
-                f"{needed}: the budgets of clients {sorted(k for k in clients if k not in able)} cannot reach it")
+    # A sample of weak clients may not reach every position: the round keeps what it can (the federation-wide
+    # reach is checked once, by check_budgets); trims never take a position below min(min_coverage, reach).
+    needed = {p: min(min_coverage, coverage(allocation, p)) for p in range(-1, costs.num_layers + 1)}
     proxy = variance_proxy(allocation, costs)
     while True:
         best: tuple[float, int, ActiveSet] | None = None
@@ -109,7 +105,7 @@ def _zorba(clients: Sequence[int], budgets: Mapping[int, ClientBudget], costs: L
                 continue
             top = max(active.positions)
             trimmed = ActiveSet(active.positions - {top})
-            if not costs.dimension(trimmed) or (costs.trainable[top + 1] and coverage(allocation, top) <= needed):
+            if not costs.dimension(trimmed) or (costs.trainable[top + 1] and coverage(allocation, top) <= needed[top]):
                 continue
             candidate = variance_proxy({**allocation, k: trimmed}, costs)
             if candidate < proxy and (best is None or candidate < best[0]):
@@ -138,6 +134,24 @@ def check_allocation(allocation: Mapping[int, ActiveSet], budgets: Mapping[int, 
             raise AllocationError(f"client {k}: positions {active.id} need {costs.step_flops(active):.3g} FLOPs per "
                                   f"step and {costs.memory_mib(active):.1f} MiB, over its budget "
                                   f"({budgets[k].describe()})")
+
+
+def check_budgets(policy: str, budgets: Sequence[ClientBudget], costs: LayerCosts, min_coverage: int = 1) -> None:
+    """Before the first round: every client can be given something within its budget under ``policy`` (else the
+    error names the client), and under ``zorba`` every trainable position is within reach of at least
+    ``min_coverage`` clients of the federation (else the error names the position and who can reach it)."""
+    clients = list(range(len(budgets)))
+    allocate(policy, clients, budgets, costs, min_coverage)
+    if policy != "zorba":
+        return
+    reach = {k: largest_suffix(k, budgets[k], costs) for k in clients}
+    needed = min(min_coverage, len(clients))
+    for p in costs.trainable_positions():
+        able = [k for k in clients if p in reach[k].positions]
+        if len(able) < needed:
+            raise AllocationError(
+                f"position {p} is within the budget of {len(able)} client(s) {able}, below zorba_min_coverage="
+                f"{needed}: no allocation of these budgets trains it")
 
 
 def allocate(policy: str, clients: Sequence[int], budgets: Sequence[ClientBudget], costs: LayerCosts,

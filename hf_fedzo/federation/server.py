@@ -19,7 +19,7 @@ import torch
 
 from hf_fedzo.engine import ZOUpdate, clip_scalars, history_threshold, mix_seed
 from hf_fedzo.federation.aggregation import aggregate_round, screen_reports
-from hf_fedzo.federation.allocation import allocate
+from hf_fedzo.federation.allocation import allocate, check_budgets
 from hf_fedzo.federation.budgets import ActiveSet, ClientBudget, LayerCosts, positions_label, resolve_budgets
 from hf_fedzo.federation.client_lr import CLIENT_LR_POLICIES, report_statistics
 from hf_fedzo.federation.config import FederationConfig
@@ -81,6 +81,7 @@ class FederatedServer:
         self.budgets = resolve_budgets(self.config.client_budgets, self.config.num_clients, costs)
         for client_id, budget in (reported or {}).items():
             self.budgets[client_id] = budget
+        check_budgets(self.config.block_allocation, self.budgets, costs, self.config.zorba_min_coverage)
 
     # ---------------------------------------------------------------------------------------- rounds
     def sample_clients(self, round_id: int) -> list[int]:
