@@ -249,3 +249,16 @@ def test_two_process_heterogeneous_simulation_matches_one_process(tmp_path: Path
                   for r in result.rounds]
     assert accounting == ranks[0]["accounting"]
     assert len({a["active_id"] for r in accounting for a in r.values()}) > 1  # really heterogeneous
+
+
+def test_the_federated_recipe_takes_the_heterogeneous_flags() -> None:
+    from hf_fedzo.federation import FederationConfig
+    from hf_fedzo.runs import recipe_parser
+
+    parser = recipe_parser((FederationConfig,))
+    (parsed,) = parser.parse_args_into_dataclasses(args=[
+        "--client_budgets", "half-quarter", "--block_allocation", "zorba", "--client_lr_policy", "fedmezo",
+        "--zorba_min_coverage", "2"])
+    assert (parsed.client_budgets, parsed.block_allocation, parsed.client_lr_policy, parsed.zorba_min_coverage) == (
+        "half-quarter", "zorba", "fedmezo", 2)
+    assert parsed.heterogeneous and parsed.to_dict()["block_allocation"] == "zorba"
