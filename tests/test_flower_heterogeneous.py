@@ -63,7 +63,7 @@ def test_flower_simulation_engine_matches_the_simulator_on_a_heterogeneous_run()
     federations: list[flower.FlowerFederation] = []
 
     def build(context: Context) -> flower.FlowerFederation:
-        federations.append(server_side(cfg, wait_for_nodes=60))
+        federations.append(server_side(cfg, wait_for_nodes=180))
         return federations[-1]
 
     backend = {"init_args": {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024, "logging_level": "ERROR",

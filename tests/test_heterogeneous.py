@@ -262,3 +262,15 @@ def test_the_federated_recipe_takes_the_heterogeneous_flags() -> None:
     assert (parsed.client_budgets, parsed.block_allocation, parsed.client_lr_policy, parsed.zorba_min_coverage) == (
         "half-quarter", "zorba", "fedmezo", 2)
     assert parsed.heterogeneous and parsed.to_dict()["block_allocation"] == "zorba"
+
+
+def test_zorba_trims_past_an_untrainable_head() -> None:
+    """LoRA on the layers only: the head has nothing trainable, and must not block the strong clients' trim."""
+    n = 8
+    costs = LayerCosts(n, 6, (0, *[100] * n, 400), (1.0,) * (n + 2), (0, *[10] * n, 0), (0.01,) * (n + 2),
+                       p1=1, p2=4, sides=2)
+    weak = ClientBudget(flops_per_step=costs.step_flops(costs.top(0.25)))
+    budgets = [ClientBudget(), ClientBudget(), weak, weak]
+    top, zorba = allocate("top", range(4), budgets, costs), allocate("zorba", range(4), budgets, costs)
+    assert costs.dimension(zorba[0]) < costs.dimension(top[0])
+    assert all(sum(p in a.positions for a in zorba.values()) >= 1 for p in costs.trainable_positions())

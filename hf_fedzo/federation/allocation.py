@@ -101,11 +101,12 @@ def _zorba(clients: Sequence[int], budgets: Mapping[int, ClientBudget], costs: L
     while True:
         best: tuple[float, int, ActiveSet] | None = None
         for k, active in sorted(allocation.items()):
-            if len(active.positions) < 2:
+            trainable = [p for p in active.positions if costs.trainable[p + 1]]
+            if len(trainable) < 2:
                 continue
-            top = max(active.positions)
-            trimmed = ActiveSet(active.positions - {top})
-            if not costs.dimension(trimmed) or (costs.trainable[top + 1] and coverage(allocation, top) <= needed[top]):
+            top = max(trainable)  # dropped with the untrainable positions above it (a LoRA model's head)
+            trimmed = ActiveSet(frozenset(p for p in active.positions if p < top))
+            if coverage(allocation, top) <= needed[top]:
                 continue
             candidate = variance_proxy({**allocation, k: trimmed}, costs)
             if candidate < proxy and (best is None or candidate < best[0]):
