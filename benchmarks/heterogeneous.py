@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.federated_accuracy import interpolate
+from benchmarks.curves import interpolate
 
 
 @dataclass(frozen=True)
