@@ -39,10 +39,13 @@ from hf_fedzo.federation import (
 )
 from hf_fedzo.reporting import draw_curves, write_json
 from hf_fedzo.runs import (
+    ConsoleArguments,
     DataArguments,
     ModelArguments,
     build_task,
     comparison_table,
+    configure_console,
+    configure_threads,
     load_model,
     load_tokenizer,
     recipe_parser,
@@ -60,7 +63,6 @@ class RunArguments:
     eval_samples: int = field(default=128, metadata={"help": "Validation examples scored every --eval_every rounds."})
     test_samples: int | None = field(default=None, metadata={"help": "Held-out examples (default: all)."})
     eval_batch_size: int = field(default=32, metadata={"help": "Batch size of evaluation forwards."})
-    threads: int | None = field(default=None, metadata={"help": "torch threads per process (default: torch's)."})
     resume: bool = field(default=True, metadata={"help": "Continue an interrupted run found in --output_dir."})
 
 
@@ -70,11 +72,12 @@ DEFAULTS: dict[str, Any] = {"model_name_or_path": "HuggingFaceTB/SmolLM2-135M-In
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     started_run = time.perf_counter()
-    parser = recipe_parser((ModelArguments, DataArguments, FederationConfig, RunArguments), **DEFAULTS)
-    model_args, data_args, federation, run = parser.parse_args_into_dataclasses(args=argv)
+    parser = recipe_parser((ModelArguments, DataArguments, FederationConfig, RunArguments, ConsoleArguments),
+                           **DEFAULTS)
+    model_args, data_args, federation, run, console = parser.parse_args_into_dataclasses(args=argv)
+    configure_console(console.log_level, console.quiet)
     state = PartialState(cpu=not torch.cuda.is_available())
-    if run.threads:
-        torch.set_num_threads(run.threads)
+    configure_threads(console.threads)
     output = Path(run.output_dir)
 
     tokenizer = load_tokenizer(model_args, kind="causal")

@@ -19,8 +19,10 @@ if FAKE_HUB is not None:
     os.environ["HF_ENDPOINT"] = FAKE_HUB.endpoint
 
 # Tiny models gain nothing from intra-op threads, and OpenMP barriers stall badly when the
-# machine is shared: one thread keeps the suite fast and its timing stable.
+# machine is shared: one thread keeps the suite fast and its timing stable. The variable too: recipes run in
+# process choose their thread count from it (hf_fedzo.runs.threads), and launched processes inherit it.
 torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture

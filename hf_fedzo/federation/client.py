@@ -73,9 +73,11 @@ class ZOClient:
 
     @torch.no_grad()
     def run_local_steps(self, round_id: int, seed_base: int, seed_client: int, settings: RoundSettings,
-                        batches: Sequence[Batch]) -> tuple[np.ndarray, list[float], WorkCounters]:
+                        batches: Sequence[Batch], on_step: Callable[[], None] | None = None,
+                        ) -> tuple[np.ndarray, list[float], WorkCounters]:
         """Local ZO steps from the current (synced) weights; the weights are restored before returning.
 
+        ``on_step()`` is called after each step (a progress bar); it sees nothing and changes nothing.
         Returns the (local steps, P1, P2) float32 scalars, the loss of each step and the work done.
         """
         if len(batches) != settings.local_steps:
@@ -96,6 +98,8 @@ class ZOClient:
                 if step < settings.local_steps - 1:
                     estimator.apply_update([(estimate.step_seed, estimate.scalars)], settings.lr,
                                            settings.weight_decay)
+                if on_step is not None:
+                    on_step()
         finally:
             for parameter, saved in zip(estimator.parameters, snapshot, strict=True):
                 parameter.tensor.copy_(saved)
