@@ -67,13 +67,13 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
 def plot_curves(path: str | os.PathLike[str], curves: Mapping[str, Curve], *, xlabel: str, ylabel: str,
                 title: str = "", logx: bool = False, bands: Mapping[str, Sequence[float]] | None = None,
                 reference: tuple[str, float] | Sequence[tuple[str, float]] | None = None,
-                min_yspan: float | None = None) -> Path:
+                min_yspan: float | None = None, integer_x: bool = False) -> Path:
     """One PNG with a line per named curve (needs the ``plots`` extra: matplotlib).
 
     ``bands[label]`` shades ± that spread around the curve of the same label (e.g. a std over seeds), and
     ``reference=(label, y)`` (or a list of them) draws dotted horizontal lines (e.g. zero-shot accuracy, the
     majority-class rate). ``min_yspan`` keeps the y axis at least that tall, so that a change of one example
-    never fills the plot.
+    never fills the plot. ``integer_x`` puts ticks on whole numbers only (rounds, steps).
     """
     try:
         import matplotlib
@@ -105,6 +105,10 @@ def plot_curves(path: str | os.PathLike[str], curves: Mapping[str, Curve], *, xl
     axes.set_ylabel(ylabel)
     if logx:
         axes.set_xscale("log")
+    if integer_x:
+        from matplotlib.ticker import MaxNLocator
+
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         axes.set_title(title)
     axes.grid(alpha=0.3)

@@ -57,3 +57,15 @@ def bpe():
     from tests.tiny_models import build_bpe_tokenizer
 
     return build_bpe_tokenizer()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say how many tests waited for the real assets, and how to run them (a fresh clone has none)."""
+    from tests.asset_fixtures import REAL_ASSET_SKIP
+
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if REAL_ASSET_SKIP in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_sep("-", "real assets")
+        terminalreporter.write_line(f"{len(skipped)} real-asset test(s) skipped (no prepared SmolLM2-135M-Instruct or "
+                                    "VADER in the cache): run `make demo` or `hf-fedzo prepare-assets` first, then "
+                                    "`make test` again to include them.")

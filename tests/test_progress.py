@@ -115,15 +115,16 @@ def test_bitsandbytes_kernels_warning_is_hidden_and_others_are_not(caplog: pytes
         bnb.warning("another bitsandbytes warning")
     messages = [r.getMessage() for r in caplog.records]
     assert not any(m.startswith(BNB_KERNELS_MISSING) for m in messages)
-    assert len(messages) == 2 and "kernel download failed" in messages[0] and messages[1] == "another bitsandbytes warning"
+    assert len(messages) == 2 and "kernel download failed" in messages[0]
+    assert messages[1] == "another bitsandbytes warning"
 
 
 def test_peft_checkpointing_deprecation_is_hidden_only_around_the_wrap() -> None:
+    from peft import LoraConfig, get_peft_model
+
     from hf_fedzo.runs import ModelArguments
     from hf_fedzo.runs.models import apply_peft
     from tests.tiny_models import llama
-
-    from peft import LoraConfig, get_peft_model
 
     with warnings.catch_warnings(record=True) as caught:  # the source: PEFT's wrap, without our filter
         warnings.simplefilter("always")
