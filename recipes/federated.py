@@ -5,7 +5,7 @@ split; --clients_per_round sampled per round) and is evaluated on the held-out s
 method in --compare_with (federated MeZO by default) then runs on the same clients until it has spent the
 same forward FLOPs, so the comparison is at equal compute.
 
-    # The offline demo (`make demo`): SmolLM2-135M with LoRA on the VADER movie sentences, FedSPZO vs MeZO.
+    # The offline demo (`make demo`): SmolLM2-135M-Instruct with LoRA on the VADER movie sentences, FedSPZO vs MeZO.
     python recipes/federated.py --output_dir out/federated --dataset vader \
         --model_name_or_path "$(python -c 'from hf_fedzo.data import smollm2_path; print(smollm2_path())')"
     # Many clients over several processes (or GPUs): the sampled clients are spread over the processes.
@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model_args, data_args, federation, run, console = parser.parse_args_into_dataclasses(args=argv)
     configure_console(console.log_level, console.quiet)
     state = PartialState(cpu=not torch.cuda.is_available())
-    configure_threads(console.threads)
+    threads, reason = configure_threads(console.threads)
+    state.print(f"torch threads per process: {threads} ({reason})")
     output = Path(run.output_dir)
 
     tokenizer = load_tokenizer(model_args, kind="causal")

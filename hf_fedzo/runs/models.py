@@ -27,9 +27,9 @@ def _local_hint(kind: ModelKind) -> str:
     from hf_fedzo.data import AssetNotFoundError, smollm2_path
 
     try:
-        return f" A causal LM prepared on this machine: --model_name_or_path {smollm2_path()} (SmolLM2-135M)."
+        return f" A causal LM prepared on this machine: --model_name_or_path {smollm2_path()} (SmolLM2-135M-Instruct)."
     except AssetNotFoundError:
-        return " `hf-fedzo prepare-assets` fetches an offline causal LM (SmolLM2-135M) for testing."
+        return " `hf-fedzo prepare-assets` fetches an offline causal LM (SmolLM2-135M-Instruct) for testing."
 
 
 def _unavailable(name: str, flag: str, kind: ModelKind, err: Exception) -> ModelUnavailableError:

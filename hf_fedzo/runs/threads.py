@@ -66,8 +66,9 @@ def choose_threads(requested: int | None = None, environ: Mapping[str, str] | No
     return cores, f"{cores} usable cores"
 
 
-def configure_threads(requested: int | None = None) -> int:
-    """Set torch's intra-op threads by :func:`choose_threads`; say so, and warn softly when the machine is busy."""
+def configure_threads(requested: int | None = None) -> tuple[int, str]:
+    """Set torch's intra-op threads by :func:`choose_threads`, note when the machine is busy; return the count and
+    why."""
     import torch
 
     threads, reason = choose_threads(requested)
@@ -84,7 +85,7 @@ def configure_threads(requested: int | None = None) -> int:
         announce(f"note: the load average is {load:.1f} on {cores} cores; with other busy processes, "
                  f"{threads} torch threads can be much slower than one. If this run is slow, rerun with "
                  "OMP_NUM_THREADS=1 (or --threads 1).")
-    return threads
+    return threads, reason
 
 
 __all__ = ["choose_threads", "configure_threads", "usable_cores"]
