@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         write_json(output / "summary.json", summary)
         plot = draw_curves(output / "accuracy_vs_flops.png", curves, xlabel="cumulative forward FLOPs (all clients)",
                            ylabel=curve_label, title=f"{data_args.source}: methods at an equal forward-FLOP budget",
-                           min_yspan=0.1, reference=[(name, y) for name, y in references if y is not None])
+                           min_yspan=0.1, y_bounds=(0.0, 1.0),
+                           reference=[(name, y) for name, y in references if y is not None])
         print(f"\n{model_args.model_name_or_path} ({model_args.peft}) on {data_args.source}: "
               f"{federation.num_clients} clients ({partition_name(federation)}), "
               f"{federation.clients_per_round} per round")

@@ -57,7 +57,7 @@ def plot_rounds(output: Path, config: FederationConfig, result: FederationResult
         curve = ([0, *xs], [start, *ys]) if start is not None else (xs, ys)
         if draw_curves(output / f"{metric}_vs_{name}.png", {label: curve}, xlabel=xlabel,
                        ylabel=ylabel or f"eval {metric}", title=f"{label}: {metric}", reference=lines,
-                       min_yspan=0.1, integer_x=name == "rounds") is None:
+                       min_yspan=0.1, y_bounds=(0.0, 1.0), integer_x=name == "rounds") is None:
             return  # no matplotlib: one line said so
 
 

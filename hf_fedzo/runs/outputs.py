@@ -83,7 +83,8 @@ def write_run_outputs(trainer: Trainer, history: MetricHistory, *, recipe: str, 
                       if y is not None]
         draw_curves(output_dir / f"{metric}_vs_flops.png", {label: history.curve(key)}, xlabel=xlabel,
                     ylabel=f"{metric} on {examples} validation examples" if examples else f"validation {metric}",
-                    title=f"{recipe}: {metric} vs FLOPs (step 0 = zero-shot)", reference=references, min_yspan=0.1)
+                    title=f"{recipe}: {metric} vs FLOPs (step 0 = zero-shot)", reference=references, min_yspan=0.1,
+                    y_bounds=(0.0, 1.0))
     return summary
 
 
