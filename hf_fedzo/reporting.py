@@ -122,14 +122,16 @@ def plot_curves(path: str | os.PathLike[str], curves: Mapping[str, Curve], *, xl
 
 def widened_ylim(low: float, high: float, min_span: float,
                  bounds: tuple[float, float] | None = None) -> tuple[float, float]:
-    """``(low, high)`` widened around its middle to at least ``min_span``, then slid back inside ``bounds``."""
-    if high - low >= min_span:
-        return low, high
-    middle = (low + high) / 2
-    low, high = middle - min_span / 2, middle + min_span / 2
-    if bounds is not None:  # e.g. never an accuracy axis above 1
-        shift = max(bounds[0] - low, 0.0) - max(high - bounds[1], 0.0)
-        low, high = max(low + shift, bounds[0]), min(high + shift, bounds[1])
+    """``(low, high)`` widened around its middle to at least ``min_span``, then slid back inside ``bounds``
+    (matplotlib's own margin around a flat line can leave them too)."""
+    if high - low < min_span:
+        middle = (low + high) / 2
+        low, high = middle - min_span / 2, middle + min_span / 2
+    if bounds is not None:  # e.g. never an accuracy axis above 1, but a sliver of margin so a line at 1 shows
+        pad = 0.02 * min_span
+        floor, ceiling = bounds[0] - pad, bounds[1] + pad
+        shift = max(floor - low, 0.0) - max(high - ceiling, 0.0)
+        low, high = max(low + shift, floor), min(high + shift, ceiling)
     return low, high
 
 
