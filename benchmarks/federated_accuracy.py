@@ -380,8 +380,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not set(HEADLINE) <= set(args.arms):
         parser.error(f"--arms must include {' and '.join(HEADLINE)} (the last line compares them)")
 
-    from hf_fedzo.data import smollm2_path
+    from hf_fedzo.data import load_task_dataset, smollm2_path
     from hf_fedzo.reporting import plot_curves, write_json
+    from hf_fedzo.tasks import majority_rate
 
     setup = Setup(model=args.model_name_or_path or str(smollm2_path()), eval_samples=args.eval_samples,
                   test_samples=args.test_samples, budget_tflops=args.budget_tflops,
@@ -413,9 +414,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     c2a = compute_to_accuracy(by_run, HEADLINE[0], [a for a in lora if a != HEADLINE[0]], seeds, zero_shot)
     labels = {arm: f"{ARMS[arm].label}, lr {chosen[arm]:g}" for arm in lora}
     curves = mean_curves(by_run, labels, seeds, setup.budget_tflops)
+    majority = majority_rate(load_task_dataset("vader")["validation"].select(range(setup.eval_samples))["label"])
     plot_curves(figures / "compute_to_accuracy.png", {k: (g, m) for k, (g, m, _) in curves.items()},
-                bands={k: s for k, (_, _, s) in curves.items()}, reference=("zero-shot", zero_shot),
-                xlabel="cumulative forward TFLOPs (all clients)",
+                bands={k: s for k, (_, _, s) in curves.items()},
+                reference=[("zero-shot", zero_shot), ("majority class", majority)], min_yspan=0.1,
+                y_bounds=(0.0, 1.0), xlabel="cumulative forward TFLOPs (all clients)",
                 ylabel=f"validation accuracy ({setup.eval_samples} sentences)",
                 title=f"SmolLM2-135M-Instruct on VADER: mean ± std over {len(seeds)} seeds, tuned step sizes")
     report = {"setup": _setup_key(setup), "zero_shot_accuracy": zero_shot, "chosen_lr": chosen,

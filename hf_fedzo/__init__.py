@@ -9,7 +9,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from hf_fedzo.known_warnings import install_log_filters
+
 __version__ = "0.1.0.dev0"
+
+# Before anything imports peft (and with it bitsandbytes, which logs a harmless warning on import).
+install_log_filters()
 
 # Imported lazily so `hf-fedzo --help` and `python -m hf_fedzo` start without loading torch.
 _EXPORTS = {

@@ -67,13 +67,15 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
 def plot_curves(path: str | os.PathLike[str], curves: Mapping[str, Curve], *, xlabel: str, ylabel: str,
                 title: str = "", logx: bool = False, bands: Mapping[str, Sequence[float]] | None = None,
                 reference: tuple[str, float] | Sequence[tuple[str, float]] | None = None,
-                min_yspan: float | None = None) -> Path:
+                min_yspan: float | None = None, integer_x: bool = False,
+                y_bounds: tuple[float, float] | None = None) -> Path:
     """One PNG with a line per named curve (needs the ``plots`` extra: matplotlib).
 
     ``bands[label]`` shades ± that spread around the curve of the same label (e.g. a std over seeds), and
     ``reference=(label, y)`` (or a list of them) draws dotted horizontal lines (e.g. zero-shot accuracy, the
     majority-class rate). ``min_yspan`` keeps the y axis at least that tall, so that a change of one example
-    never fills the plot.
+    never fills the plot; ``y_bounds`` (e.g. ``(0, 1)`` for an accuracy) keeps that widened axis within the values
+    the quantity can take. ``integer_x`` puts ticks on whole numbers only (rounds, steps).
     """
     try:
         import matplotlib
@@ -97,14 +99,15 @@ def plot_curves(path: str | os.PathLike[str], curves: Mapping[str, Curve], *, xl
     for (name, y), style in zip(references, itertools.cycle((":", "--", "-.")), strict=False):
         axes.axhline(y, color="grey", linestyle=style, label=name)
     if min_yspan is not None:
-        low, high = axes.get_ylim()
-        if high - low < min_yspan:
-            middle = (low + high) / 2
-            axes.set_ylim(middle - min_yspan / 2, middle + min_yspan / 2)
+        axes.set_ylim(*widened_ylim(*axes.get_ylim(), min_yspan, y_bounds))
     axes.set_xlabel(xlabel)
     axes.set_ylabel(ylabel)
     if logx:
         axes.set_xscale("log")
+    if integer_x:
+        from matplotlib.ticker import MaxNLocator
+
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         axes.set_title(title)
     axes.grid(alpha=0.3)
@@ -115,6 +118,21 @@ def plot_curves(path: str | os.PathLike[str], curves: Mapping[str, Curve], *, xl
         return write_atomic(path, lambda handle: figure.savefig(handle, format="png"))
     finally:
         plt.close(figure)
+
+
+def widened_ylim(low: float, high: float, min_span: float,
+                 bounds: tuple[float, float] | None = None) -> tuple[float, float]:
+    """``(low, high)`` widened around its middle to at least ``min_span``, then slid back inside ``bounds``
+    (matplotlib's own margin around a flat line can leave them too)."""
+    if high - low < min_span:
+        middle = (low + high) / 2
+        low, high = middle - min_span / 2, middle + min_span / 2
+    if bounds is not None:  # e.g. never an accuracy axis above 1, but a sliver of margin so a line at 1 shows
+        pad = 0.02 * min_span
+        floor, ceiling = bounds[0] - pad, bounds[1] + pad
+        shift = max(floor - low, 0.0) - max(high - ceiling, 0.0)
+        low, high = max(low + shift, floor), min(high + shift, ceiling)
+    return low, high
 
 
 def plots_available() -> bool:

@@ -29,6 +29,8 @@ from hf_fedzo.runs import (
     MetricHistory,
     ModelArguments,
     build_task,
+    configure_console,
+    configure_threads,
     load_model,
     load_splits,
     load_tokenizer,
@@ -59,6 +61,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     parser = recipe_parser((ModelArguments, DataArguments, ZOConfig), **DEFAULTS)
     model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
+    # Trainer's own flags: --log_level (transformers' meaning) and --disable_tqdm also govern hf_fedzo's output.
+    configure_console(args.log_level, bars=not args.disable_tqdm)
+    configure_threads()
     if get_preset(data_args.task).task_type != "label_words":
         parser.error(f"--task {data_args.task} is a generation task: use recipes/squad.py")
 
@@ -84,7 +89,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trainer.save_model()  # full weights, or only the adapter with --peft; the tokenizer too
     return write_run_outputs(trainer, history, recipe="causal_lm", metric="accuracy",
                              wall_time_s=time.perf_counter() - started, arguments=(model_args, data_args),
-                             task=task, prompt_selection=selection)
+                             task=task, prompt_selection=selection,
+                             validation_rows=raw["validation"])
 
 
 if __name__ == "__main__":

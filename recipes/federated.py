@@ -5,7 +5,7 @@ split; --clients_per_round sampled per round) and is evaluated on the held-out s
 method in --compare_with (federated MeZO by default) then runs on the same clients until it has spent the
 same forward FLOPs, so the comparison is at equal compute.
 
-    # The offline demo (`make demo`): SmolLM2-135M with LoRA on the VADER movie sentences, FedSPZO vs MeZO.
+    # The offline demo (`make demo`): SmolLM2-135M-Instruct with LoRA on the VADER movie sentences, FedSPZO vs MeZO.
     python recipes/federated.py --output_dir out/federated --dataset vader \
         --model_name_or_path "$(python -c 'from hf_fedzo.data import smollm2_path; print(smollm2_path())')"
     # Many clients over several processes (or GPUs): the sampled clients are spread over the processes.
@@ -33,16 +33,20 @@ from hf_fedzo.federation import (
     METHODS,
     FederationConfig,
     federation_figures,
+    plot_rounds,
     simulate_federation,
     task_batch_loss,
     task_clients,
 )
 from hf_fedzo.reporting import draw_curves, write_json
 from hf_fedzo.runs import (
+    ConsoleArguments,
     DataArguments,
     ModelArguments,
     build_task,
     comparison_table,
+    configure_console,
+    configure_threads,
     load_model,
     load_tokenizer,
     recipe_parser,
@@ -60,7 +64,6 @@ class RunArguments:
     eval_samples: int = field(default=128, metadata={"help": "Validation examples scored every --eval_every rounds."})
     test_samples: int | None = field(default=None, metadata={"help": "Held-out examples (default: all)."})
     eval_batch_size: int = field(default=32, metadata={"help": "Batch size of evaluation forwards."})
-    threads: int | None = field(default=None, metadata={"help": "torch threads per process (default: torch's)."})
     resume: bool = field(default=True, metadata={"help": "Continue an interrupted run found in --output_dir."})
 
 
@@ -70,11 +73,13 @@ DEFAULTS: dict[str, Any] = {"model_name_or_path": "HuggingFaceTB/SmolLM2-135M-In
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     started_run = time.perf_counter()
-    parser = recipe_parser((ModelArguments, DataArguments, FederationConfig, RunArguments), **DEFAULTS)
-    model_args, data_args, federation, run = parser.parse_args_into_dataclasses(args=argv)
+    parser = recipe_parser((ModelArguments, DataArguments, FederationConfig, RunArguments, ConsoleArguments),
+                           **DEFAULTS)
+    model_args, data_args, federation, run, console = parser.parse_args_into_dataclasses(args=argv)
+    configure_console(console.log_level, console.quiet)
     state = PartialState(cpu=not torch.cuda.is_available())
-    if run.threads:
-        torch.set_num_threads(run.threads)
+    threads, reason = configure_threads(console.threads)
+    state.print(f"torch threads per process: {threads} ({reason})")
     output = Path(run.output_dir)
 
     tokenizer = load_tokenizer(model_args, kind="causal")
@@ -107,6 +112,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # The curves start at round 0: the zero-shot score of the validation rows every evaluation uses.
     evaluate = lambda m: task.evaluate(m, validation, batch_size=run.eval_batch_size)  # noqa: E731
     validation_zero_shot = evaluate(model)["accuracy"] if state.is_main_process else None
+    validation_majority = majority_rate(validation[task.target]) if task.target in validation.column_names else None
+    if validation_zero_shot is not None:
+        state.print(f"zero-shot accuracy on {len(validation)} validation examples (round 0 of the curves): "
+                    f"{validation_zero_shot:.4f}")
+    references = [("zero-shot (same prompt)", validation_zero_shot), ("majority class", validation_majority)]
+    curve_label = f"accuracy on {len(validation)} validation examples"
     labels = held_out[task.target] if task.target in held_out.column_names else []
     prompt = TaskSpec.from_task(task).to_dict()
     summary: dict[str, Any] = {"model": model_args.model_name_or_path, "dataset": data_args.source,
@@ -127,7 +138,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             config = dataclasses.replace(config, rounds=20 * federation.rounds)
         model = model if index == 0 else model_for_run()
         state.print(f"{method}: {config.num_clients} clients, {config.clients_per_round} per round"
-                    + (f", until {budget / 1e12:.1f} forward TFLOPs" if budget else f", {config.rounds} rounds"))
+                    + (f", until {budget / 1e12:.1f} forward TFLOPs" if budget else f", {config.rounds} rounds")
+                    + f"; eval = accuracy on {len(validation)} validation examples"
+                    + (f" every {config.eval_every} rounds and at the end" if config.eval_every else " at the end"))
         started = time.perf_counter()
         result = simulate_federation(model, task_batch_loss(task), clients, config, output_dir=output / method,
                                      resume=run.resume, evaluate=evaluate, run_info=run_info)
@@ -154,22 +167,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             evaluated = [r for r in result.rounds if r.eval is not None]
             curves[method] = ([0.0, *(r.cumulative_flops for r in evaluated)],
                               [validation_zero_shot, *(r.eval["accuracy"] for r in evaluated)])
+            # The method's own plots again, now from round 0 and with the reference lines the recipe knows.
+            plot_rounds(output / method, config, result, label=method, start=validation_zero_shot,
+                        references=references, ylabel=curve_label)
         state.wait_for_everyone()
 
     if state.is_main_process:
         summary["wall_time_s"] = time.perf_counter() - started_run
         write_json(output / "summary.json", summary)
         plot = draw_curves(output / "accuracy_vs_flops.png", curves, xlabel="cumulative forward FLOPs (all clients)",
-                           ylabel=f"accuracy on {len(validation)} validation examples",
-                           title=f"{data_args.source}: methods at an equal forward-FLOP budget", min_yspan=0.1,
-                           reference=[("zero-shot (same prompt)", validation_zero_shot),
-                                      ("majority class", majority_rate(validation[task.target]))])
+                           ylabel=curve_label, title=f"{data_args.source}: methods at an equal forward-FLOP budget",
+                           min_yspan=0.1, y_bounds=(0.0, 1.0),
+                           reference=[(name, y) for name, y in references if y is not None])
         print(f"\n{model_args.model_name_or_path} ({model_args.peft}) on {data_args.source}: "
               f"{federation.num_clients} clients ({partition_name(federation)}), "
               f"{federation.clients_per_round} per round")
         print(f"prompt {task.template.text!r} with label words {list(task.label_words)}"
               + (f", chosen on {selection.examples} {selection.split} rows" if selection else ""))
         print(comparison_table(summary))
+        # The plot scores the validation rows, the table the held-out ones: show the plot's numbers too.
+        print(f"{curve_label} (the plot's split): " + ", ".join(
+            [f"zero-shot {validation_zero_shot:.4f}", *(f"{m} {ys[-1]:.4f}" for m, (_, ys) in curves.items())]
+            + ([f"majority class {validation_majority:.4f}"] if validation_majority is not None else [])))
         print(f"total wall time {summary['wall_time_s']:.0f} s (loading, evaluations and every method); "
               f"validation curves: {plot}")
     return summary

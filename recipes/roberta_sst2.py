@@ -27,6 +27,8 @@ from hf_fedzo.runs import (
     MetricHistory,
     ModelArguments,
     build_task,
+    configure_console,
+    configure_threads,
     load_model,
     load_splits,
     load_tokenizer,
@@ -57,6 +59,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     parser = recipe_parser((ModelArguments, DataArguments, ZOConfig), **DEFAULTS)
     model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
+    # Trainer's own flags: --log_level (transformers' meaning) and --disable_tqdm also govern hf_fedzo's output.
+    configure_console(args.log_level, bars=not args.disable_tqdm)
+    configure_threads()
 
     # The tokenizer and the data come first: offline, each fails in a second with the flag to use instead.
     tokenizer = load_tokenizer(model_args, kind="mlm")
@@ -80,7 +85,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trainer.save_model()  # full weights, or only the adapter with --peft; the tokenizer too
     return write_run_outputs(trainer, history, recipe="roberta_sst2", metric="accuracy",
                              wall_time_s=time.perf_counter() - started, arguments=(model_args, data_args),
-                             task=task, prompt_selection=selection)
+                             task=task, prompt_selection=selection,
+                             validation_rows=raw["validation"])
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from hf_fedzo.runs import (
     MetricHistory,
     ModelArguments,
     build_task,
+    configure_console,
+    configure_threads,
     load_model,
     load_splits,
     load_tokenizer,
@@ -67,6 +69,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     parser = recipe_parser((ModelArguments, DataArguments, GenerationArguments, ZOConfig), **DEFAULTS)
     model_args, data_args, gen_args, args = parser.parse_args_into_dataclasses(args=argv)
+    # Trainer's own flags: --log_level (transformers' meaning) and --disable_tqdm also govern hf_fedzo's output.
+    configure_console(args.log_level, bars=not args.disable_tqdm)
+    configure_threads()
     if get_preset(data_args.task).task_type != "generation":
         parser.error(f"--task {data_args.task} is a label-word task: use recipes/causal_lm.py")
 

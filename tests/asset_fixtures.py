@@ -14,21 +14,41 @@ import io
 import json
 import tarfile
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+import pytest
 
 from hf_fedzo.data.assets import ASSETS, SMOLLM2_GGUF, AssetSpec, PyPIArtifact
 from hf_fedzo.data.vader import INNER_ARCHIVE, VADER_DOMAINS
 
 __all__ = [
     "DEFAULT_FAKE_ROWS",
+    "REAL_ASSET_SKIP",
     "FakePyPI",
     "fake_registry",
     "make_fake_smollm2_wheel",
     "make_fake_vader_sdist",
     "make_metadata_wheel",
     "make_tiny_llama_gguf",
+    "requires_real_asset",
 ]
+
+# The skip reason of every test that needs the real prepared assets; conftest.py counts the skips carrying it and
+# says at the end of the run how to run them.
+REAL_ASSET_SKIP = "real asset not prepared"
+
+
+def requires_real_asset(accessor: Callable[[], object], what: str) -> pytest.MarkDecorator:
+    """Skip unless ``accessor()`` (e.g. ``smollm2_path``) finds the prepared asset in the default cache."""
+    from hf_fedzo.data import AssetNotFoundError
+
+    try:
+        accessor()
+    except AssetNotFoundError:
+        return pytest.mark.skipif(True, reason=f"{REAL_ASSET_SKIP}: {what}")
+    return pytest.mark.skipif(False, reason="")
+
 
 _POSITIVE = ["a moving and beautiful story", "great acting and a clever plot", "funny, warm and wise"]
 _NEGATIVE = ["a dull and pointless mess", "terrible pacing and a boring plot", "flat, lifeless and long"]

@@ -19,8 +19,10 @@ if FAKE_HUB is not None:
     os.environ["HF_ENDPOINT"] = FAKE_HUB.endpoint
 
 # Tiny models gain nothing from intra-op threads, and OpenMP barriers stall badly when the
-# machine is shared: one thread keeps the suite fast and its timing stable.
+# machine is shared: one thread keeps the suite fast and its timing stable. The variable too: recipes run in
+# process choose their thread count from it (hf_fedzo.runs.threads), and launched processes inherit it.
 torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture
@@ -55,3 +57,15 @@ def bpe():
     from tests.tiny_models import build_bpe_tokenizer
 
     return build_bpe_tokenizer()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say how many tests waited for the real assets, and how to run them (a fresh clone has none)."""
+    from tests.asset_fixtures import REAL_ASSET_SKIP
+
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if REAL_ASSET_SKIP in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_sep("-", "real assets")
+        terminalreporter.write_line(f"{len(skipped)} real-asset test(s) skipped (no prepared SmolLM2-135M-Instruct or "
+                                    "VADER in the cache): run `make demo` or `hf-fedzo prepare-assets` first, then "
+                                    "`make test` again to include them.")

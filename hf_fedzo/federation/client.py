@@ -104,12 +104,13 @@ class ZOClient:
 
     @torch.no_grad()
     def run_local_steps(self, round_id: int, seed_base: int, seed_client: int, settings: RoundSettings,
-                        batches: Sequence[Batch],
-                        active: str | None = None) -> tuple[np.ndarray, list[float], WorkCounters]:
+                        batches: Sequence[Batch], active: str | None = None,
+                        on_step: Callable[[], None] | None = None) -> tuple[np.ndarray, list[float], WorkCounters]:
         """Local ZO steps from the current (synced) weights; the weights are restored before returning.
 
         ``active`` (an active-set id) restricts the steps to those positions: the other trainable tensors are
-        neither perturbed nor updated. Returns the (local steps, P1, P2) float32 scalars, the loss of each step
+        neither perturbed nor updated. ``on_step()`` is called after each step (a progress bar); it sees
+        nothing and changes nothing. Returns the (local steps, P1, P2) float32 scalars, the loss of each step
         and the work done.
         """
         if len(batches) != settings.local_steps:
@@ -135,6 +136,8 @@ class ZOClient:
                     if step < settings.local_steps - 1:
                         estimator.apply_update([(estimate.step_seed, estimate.scalars)], settings.lr,
                                                settings.weight_decay)
+                    if on_step is not None:
+                        on_step()
         finally:
             for parameter, saved in zip(estimator.parameters, snapshot, strict=True):
                 parameter.tensor.copy_(saved)

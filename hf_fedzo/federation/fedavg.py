@@ -27,10 +27,12 @@ from hf_fedzo.federation.config import FederationConfig
 from hf_fedzo.federation.records import ClientRecord, Exchanged, FederationResult, RoundRecord
 from hf_fedzo.federation.rounds import Exchange, run_rounds
 from hf_fedzo.federation.server import FederatedServer
+from hf_fedzo.progress import progress_bar
 
 
 def local_delta(model: nn.Module, batch_loss: BatchLoss, batches: Sequence[Batch], lr: float,
-                counter: FlopCounter) -> tuple[dict[str, torch.Tensor], float, int]:
+                counter: FlopCounter, on_step: Callable[[], None] | None = None,
+                ) -> tuple[dict[str, torch.Tensor], float, int]:
     """AdamW steps from the global tensors; returns (local − global, mean loss, forward FLOPs) and restores."""
     params = trainable_tensors(model)
     start = {name: p.detach().clone() for name, p in params.items()}
@@ -43,6 +45,8 @@ def local_delta(model: nn.Module, batch_loss: BatchLoss, batches: Sequence[Batch
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step()
     flops = counter.take()
     delta = {name: (p.detach() - start[name]).contiguous() for name, p in params.items()}
     with torch.no_grad():
@@ -56,6 +60,7 @@ class FedAvgExchange(Exchange):
     """Tensors down, AdamW deltas up, their weighted mean applied to ``model``; nothing goes through the log."""
 
     resumable = False
+    progress = True
 
     def __init__(self, model: nn.Module, batch_loss: BatchLoss, clients: Sequence[ClientData],
                  config: FederationConfig, client_lr: float, counter: FlopCounter) -> None:
@@ -66,14 +71,18 @@ class FedAvgExchange(Exchange):
         config = self.config
         download = save_tensors({n: p.detach().contiguous() for n, p in trainable_tensors(self.model).items()})
         out, uploads, losses, weights = Exchanged(), {}, [], []
+        steps = progress_bar(total=len(active) * config.local_steps, desc=f"round {round_id + 1}", unit="step",
+                             leave=False, enabled=self.progress)
         for k in active:
             batches = self.clients[k].round_batches(config.seed, round_id, k, config.local_steps, config.batch_size)
-            delta, loss, flops = local_delta(self.model, self.batch_loss, batches, self.client_lr, self.counter)
+            delta, loss, flops = local_delta(self.model, self.batch_loss, batches, self.client_lr, self.counter,
+                                             steps.update)
             uploads[k] = save_tensors(delta)
             losses.append(loss)
             weights.append(len(self.clients[k].examples) if config.weighting == "examples" else 1)
             work = WorkCounters(forwards_block2=config.local_steps, flops_block2=flops)
             out.clients.append(ClientRecord(k, len(download), bytes_up=len(uploads[k]), work=work))
+        steps.close()
         trainable = trainable_tensors(self.model)
         with torch.no_grad():
             for k, weight in zip(active, weights, strict=True):

@@ -24,6 +24,19 @@ def write_results(output: Path, config: FederationConfig, result: FederationResu
     write_json(output / RESULTS_FILE, {"config": config.to_dict(), "run": dict(info),
                                        "final_metrics": result.final_metrics,
                                        "rounds": [r.to_dict() for r in result.rounds]})
+    plot_rounds(output, config, result, label=str(info.get("method", config.method)))
+
+
+def plot_rounds(output: Path, config: FederationConfig, result: FederationResult, *, label: str | None = None,
+                start: float | None = None, references: Sequence[tuple[str, float | None]] = (),
+                ylabel: str | None = None) -> None:
+    """The first evaluated metric against rounds, cumulative forward FLOPs and cumulative bytes (three PNGs).
+
+    ``start`` is the metric before any round (drawn at round 0, no FLOPs, no bytes); ``references`` are dotted
+    horizontal lines (zero-shot, majority class; a None value is left out); ``ylabel`` should say which split and
+    how many examples the evaluation scores (the default only names the metric). The y axis is never zoomed below
+    a tenth, so a change of one or two examples does not fill the plot.
+    """
     evaluated = [r for r in result.rounds if r.eval is not None]
     metric = next((m for m in METRICS if evaluated and m in evaluated[0].eval), None)  # type: ignore[operator]
     if metric is None:
@@ -33,15 +46,18 @@ def write_results(output: Path, config: FederationConfig, result: FederationResu
         total += sum(r.bytes_up.values()) + sum(r.bytes_down.values())
         cumulative_bytes[r.round] = total
     ys = [r.eval[metric] for r in evaluated]  # type: ignore[index]
-    label = str(info.get("method", config.method))
+    label = label or config.method
     axes: Sequence[tuple[str, list[Any], str]] = (
-        ("rounds", [r.round + 1 for r in evaluated], "round"),
+        ("rounds", [r.round + 1 for r in evaluated], "round" if start is None else "round (0: before training)"),
         ("flops", [r.cumulative_flops for r in evaluated], "cumulative forward FLOPs (all clients)"),
-        ("bytes", [cumulative_bytes[r.round] for r in evaluated], "cumulative bytes up + down"),
+        ("bytes", [cumulative_bytes[r.round] for r in evaluated], "cumulative bytes up + down (all clients)"),
     )
+    lines = [(name, value) for name, value in references if value is not None]
     for name, xs, xlabel in axes:
-        if draw_curves(output / f"{metric}_vs_{name}.png", {label: (xs, ys)}, xlabel=xlabel, ylabel=metric,
-                       title=f"{label}: {metric}") is None:
+        curve = ([0, *xs], [start, *ys]) if start is not None else (xs, ys)
+        if draw_curves(output / f"{metric}_vs_{name}.png", {label: curve}, xlabel=xlabel,
+                       ylabel=ylabel or f"eval {metric}", title=f"{label}: {metric}", reference=lines,
+                       min_yspan=0.1, y_bounds=(0.0, 1.0), integer_x=name == "rounds") is None:
             return  # no matplotlib: one line said so
 
 

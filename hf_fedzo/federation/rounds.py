@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -23,8 +24,9 @@ from hf_fedzo.federation.config import FederationConfig
 from hf_fedzo.federation.integrity import StateFileError, read_state, restore_server, write_state
 from hf_fedzo.federation.protocol import ClientReport, LogRecord, ProtocolError, decode
 from hf_fedzo.federation.records import ClientRecord, Exchanged, FederationResult, RoundRecord
-from hf_fedzo.federation.results import write_results
+from hf_fedzo.federation.results import METRICS, write_results
 from hf_fedzo.federation.server import FederatedServer
+from hf_fedzo.progress import announce, format_duration, progress_bar
 
 STATE_FILE = "federation_state.json"
 
@@ -37,7 +39,7 @@ class Exchange:
 
     resumable = True  # the rounds are reproducible from the server's log (first-order FedAvg's are not)
     is_main_process = True  # evaluates and writes files (False on the other processes of a simulation)
-    progress = False  # show a progress bar of the rounds
+    progress = False  # show progress bars (the rounds, the local steps within one)
 
     def exchange(self, server: FederatedServer, round_id: int, active: Sequence[int]) -> Exchanged:
         """Send each active client its instruction (``server.instruction(k)``) and collect what comes back."""
@@ -52,6 +54,10 @@ class Exchange:
 
     def round_done(self, record: RoundRecord) -> None:
         """After each round is recorded and saved: log it, wait for the other processes."""
+
+    def announce(self, line: str) -> None:
+        """Show the per-round progress line (main process only): printed, unless the verbosity hides it."""
+        announce(line)
 
 
 def run_fingerprint(config: FederationConfig, run_info: Mapping[str, Any]) -> str:
@@ -119,8 +125,10 @@ def run_rounds(server: FederatedServer, exchange: Exchange, *,
 
     spent = result.total_flops
     # Under a FLOP budget the number of rounds is not known in advance: count rounds without a total.
-    progress = _progress(None if config.flop_budget is not None else config.rounds, server.completed_round + 1,
-                         exchange.progress and exchange.is_main_process)
+    progress = progress_bar(total=None if config.flop_budget is not None else config.rounds, desc="rounds",
+                            unit="round", initial=server.completed_round + 1,
+                            enabled=exchange.progress and exchange.is_main_process)
+    pace = RoundPace(config, spent)
     for round_id in range(server.completed_round + 1, config.rounds):
         if config.budget_spent(spent):
             break
@@ -151,6 +159,8 @@ def run_rounds(server: FederatedServer, exchange: Exchange, *,
         if on_round_end is not None:
             on_round_end(record)
         progress.update(1)
+        if exchange.is_main_process:
+            exchange.announce(pace.line(record))
         exchange.round_done(record)
     progress.close()
 
@@ -161,7 +171,38 @@ def run_rounds(server: FederatedServer, exchange: Exchange, *,
     return result
 
 
-def _progress(total: int | None, start: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
+class RoundPace:
+    """The per-round progress line: where the run is, what the round gave, and when the run should end.
 
-    return tqdm(total=total, initial=start, desc="rounds", disable=not enabled)
+    The estimate of the time left is the mean wall time of the rounds run so far in this call (evaluations
+    included) times the rounds left; under a FLOP budget the rounds left are also bounded by the budget left at
+    the mean FLOPs per round.
+    """
+
+    def __init__(self, config: FederationConfig, spent_before: int) -> None:
+        self.config, self.spent_before = config, spent_before
+        self.started, self.ran = time.perf_counter(), 0
+
+    def line(self, record: RoundRecord) -> str:
+        self.ran += 1
+        config, elapsed = self.config, time.perf_counter() - self.started
+        rounds_left = config.rounds - record.round - 1
+        budget = config.flop_budget
+        if budget is None:
+            position = f"round {record.round + 1}/{config.rounds}"
+        else:
+            position = f"round {record.round + 1} ({min(record.cumulative_flops / budget, 1):.0%} of the FLOP budget)"
+            per_round = (record.cumulative_flops - self.spent_before) / self.ran
+            if per_round > 0:
+                rounds_left = min(rounds_left, max(0, math.ceil((budget - record.cumulative_flops) / per_round)))
+        answered = f"{len(record.bytes_up)}/{len(record.sampled)} clients answered"
+        if record.rejected:
+            answered += f" ({len(record.rejected)} rejected)"
+        parts = [f"{config.method} {position}", answered,
+                 "train loss n/a" if record.train_loss is None else f"train loss {record.train_loss:.4f}"]
+        metric = next((m for m in METRICS if m in (record.eval or {})), None)
+        if metric is not None:
+            parts.append(f"eval {metric} {record.eval[metric]:.4f}")  # type: ignore[index]
+        parts += [f"{record.cumulative_flops / 1e12:.2f} TFLOPs", f"elapsed {format_duration(elapsed)}",
+                  f"ETA {format_duration(elapsed / self.ran * rounds_left)}"]
+        return " | ".join(parts)

@@ -23,6 +23,7 @@ from hf_fedzo.federation.protocol import ClientReport, LogRecord, RoundInstructi
 from hf_fedzo.federation.records import ClientRecord, Exchanged, FederationResult, RoundRecord
 from hf_fedzo.federation.rounds import Exchange, run_rounds
 from hf_fedzo.federation.server import FederatedServer
+from hf_fedzo.progress import progress_bar
 
 Evaluate = Callable[[Any], Mapping[str, float]]
 
@@ -54,12 +55,17 @@ class AccelerateExchange(Exchange):
         instructions = {k: encode(server.instruction(k)) for k in active}
         mine: list[ClientRecord] = []
         with self.state.split_between_processes(list(active)) as assigned:
+            # The main process's clients' local steps; the bar only counts, it never touches the model.
+            steps = progress_bar(total=len(assigned) * self.settings.local_steps, desc=f"round {round_id + 1}",
+                                 unit="step", leave=False, enabled=self.progress and self.is_main_process)
             for client_id in assigned:
-                mine.append(self.run_client(client_id, instructions[client_id]))
+                mine.append(self.run_client(client_id, instructions[client_id], on_step=steps.update))
+            steps.close()
         gathered = gather_object(mine) if self.state.num_processes > 1 else mine
         return Exchanged(sorted(gathered, key=lambda c: c.client_id))
 
-    def run_client(self, client_id: int, instruction_bytes: bytes) -> ClientRecord:
+    def run_client(self, client_id: int, instruction_bytes: bytes,
+                   on_step: Callable[[], None] | None = None) -> ClientRecord:
         """One simulated client: parse its instruction, run its local steps on the replica, serialize the report.
 
         The replica already holds the global state, which is what replaying the instruction's log would
@@ -72,7 +78,7 @@ class AccelerateExchange(Exchange):
                                      settings.local_steps, settings.batch_size)
         scalars, losses, work = self.replica.run_local_steps(instruction.round, instruction.seed_base,
                                                              instruction.seed_client, instruction.local_settings,
-                                                             batches, instruction.active)
+                                                             batches, instruction.active, on_step)
         report = ClientReport(instruction.round, instruction.client_id, len(data.examples), scalars,
                               sum(losses) / len(losses), losses[-1])
         return ClientRecord(instruction.client_id, len(instruction_bytes), encode(report), work=work,

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from hf_fedzo.known_warnings import peft_deprecations_hidden
 from hf_fedzo.runs.arguments import ModelArguments
 from hf_fedzo.tasks import ModelKind
 
@@ -26,9 +27,9 @@ def _local_hint(kind: ModelKind) -> str:
     from hf_fedzo.data import AssetNotFoundError, smollm2_path
 
     try:
-        return f" A causal LM prepared on this machine: --model_name_or_path {smollm2_path()} (SmolLM2-135M)."
+        return f" A causal LM prepared on this machine: --model_name_or_path {smollm2_path()} (SmolLM2-135M-Instruct)."
     except AssetNotFoundError:
-        return " `hf-fedzo prepare-assets` fetches an offline causal LM (SmolLM2-135M) for testing."
+        return " `hf-fedzo prepare-assets` fetches an offline causal LM (SmolLM2-135M-Instruct) for testing."
 
 
 def _unavailable(name: str, flag: str, kind: ModelKind, err: Exception) -> ModelUnavailableError:
@@ -85,6 +86,11 @@ def apply_peft(model: nn.Module, model_args: ModelArguments, kind: ModelKind) ->
     """Add LoRA adapters for `--peft lora|qlora`; `--peft none` returns the model unchanged."""
     if model_args.peft == "none":
         return model
+    with peft_deprecations_hidden():  # a deprecation PEFT triggers while wrapping (see hf_fedzo.known_warnings)
+        return _wrap(model, model_args, kind)
+
+
+def _wrap(model: nn.Module, model_args: ModelArguments, kind: ModelKind) -> nn.Module:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if model_args.peft == "qlora":

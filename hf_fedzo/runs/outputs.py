@@ -12,7 +12,7 @@ from transformers import Trainer
 
 from hf_fedzo.reporting import draw_curves, write_json
 from hf_fedzo.runs.history import MetricHistory
-from hf_fedzo.tasks import PromptSelection, save_task
+from hf_fedzo.tasks import PromptSelection, majority_rate, save_task
 from hf_fedzo.trainer import ZOSplitTrainer
 
 METRICS_FILE = "metrics.json"
@@ -24,7 +24,7 @@ _TRAINING_KEYS = ("learning_rate", "lr_scheduler_type", "weight_decay", "max_ste
 
 def write_run_outputs(trainer: Trainer, history: MetricHistory, *, recipe: str, metric: str, wall_time_s: float,
                       arguments: tuple[Any, ...] = (), task: Any = None,
-                      prompt_selection: PromptSelection | None = None) -> dict[str, Any]:
+                      prompt_selection: PromptSelection | None = None, validation_rows: Any = None) -> dict[str, Any]:
     """Summarize the run, and on the main process write it as JSON plus a metric-vs-FLOPs plot.
 
     Args:
@@ -36,6 +36,8 @@ def write_run_outputs(trainer: Trainer, history: MetricHistory, *, recipe: str, 
         arguments: the recipe's argument dataclasses (besides the training arguments), recorded as given.
         task: the task trained on; its alignment is saved as `task.json` beside the weights (see
             `hf_fedzo.tasks.load_task`), with `prompt_selection` when --prompt auto chose it.
+        validation_rows: the raw evaluation rows; for a classification task their majority-class rate is drawn
+            as a reference line beside the zero-shot score.
 
     Returns:
         The summary written to `metrics.json` (returned on every process).
@@ -75,9 +77,23 @@ def write_run_outputs(trainer: Trainer, history: MetricHistory, *, recipe: str, 
             save_task(task, output_dir, prompt_selection.as_dict() if prompt_selection else None)
         xlabel = "cumulative forward FLOPs" if zero_order else "cumulative training FLOPs (estimate)"
         label = "zeroth-order" if zero_order else "first-order (Trainer)"
+        examples = summary["eval_samples"]
+        references = [(name, y) for name, y in (("zero-shot (same prompt)", summary["zero_shot"][metric]),
+                                                ("majority class", _majority(task, validation_rows)))
+                      if y is not None]
         draw_curves(output_dir / f"{metric}_vs_flops.png", {label: history.curve(key)}, xlabel=xlabel,
-                    ylabel=metric, title=f"{recipe}: {metric} vs FLOPs")
+                    ylabel=f"{metric} on {examples} validation examples" if examples else f"validation {metric}",
+                    title=f"{recipe}: {metric} vs FLOPs (step 0 = zero-shot)", reference=references, min_yspan=0.1,
+                    y_bounds=(0.0, 1.0))
     return summary
+
+
+def _majority(task: Any, rows: Any) -> float | None:
+    """The majority-class rate of a classification task's raw rows (None for generation tasks or without rows)."""
+    if rows is None or getattr(task, "label_words", None) is None:
+        return None
+    column = (task.columns or {}).get(task.target, task.target)
+    return majority_rate(rows[column]) if column in rows.column_names else None
 
 
 def _length(dataset: Any) -> int | None:

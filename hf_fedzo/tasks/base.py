@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from hf_fedzo.progress import progress_bar
 
 ModelKind = Literal["mlm", "causal"]
 AnyModel = PreTrainedModel | torch.nn.Module
@@ -119,6 +121,12 @@ def chunks(rows: Iterable[Mapping[str, Any]], size: int) -> Iterator[list[Mappin
         yield chunk
 
 
+def evaluation_batches(rows: Iterable[Mapping[str, Any]], size: int) -> Iterator[list[Mapping[str, Any]]]:
+    """:func:`chunks` under an "evaluating" progress bar (counted when the rows have a length; gone when done)."""
+    total = -(-len(rows) // size) if isinstance(rows, Sized) and size >= 1 else None
+    return progress_bar(chunks(rows, size), total=total, desc="evaluating", unit="batch", leave=False)
+
+
 def to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -186,7 +194,7 @@ class InferenceMixin:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield `(logits, labels)` per batch under `inference_mode`, in eval mode (restored after)."""
         with evaluating(model) as device:
-            for rows in chunks(data, batch_size):
+            for rows in evaluation_batches(data, batch_size):
                 features = [row if "input_ids" in row else self.preprocess(row) for row in rows]
                 batch = self.collator(features)
                 labels = batch.pop("labels")

@@ -25,8 +25,8 @@ from hf_fedzo.tasks.base import (
     cached_metric,
     check_columns,
     check_filled,
-    chunks,
     evaluating,
+    evaluation_batches,
     logits_from,
     pad_token_id_of,
     read_column,
@@ -221,7 +221,7 @@ class GenerationTask(PromptTask):
     ) -> Iterator[tuple[str, Mapping[str, Any]]]:
         max_new_tokens = max_new_tokens or self.max_new_tokens
         with evaluating(model) as device:
-            for rows in chunks(data, batch_size):
+            for rows in evaluation_batches(data, batch_size):
                 prompts = [self.encode_prompt(row, reserve=max_new_tokens) for row in rows]
                 input_ids = pad_sequences(prompts, self._pad_token_id, "left")
                 attention_mask = pad_sequences([[1] * len(p) for p in prompts], 0, "left")

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from hf_fedzo.progress import progress_bar
 from hf_fedzo.registry import Registry
 from hf_fedzo.tasks.classification import LabelWordTask, classification_metrics
 from hf_fedzo.tasks.templates import LABEL_SLOT, PromptTemplate, get_preset
@@ -160,7 +161,8 @@ def select_prompt(
     candidates = list(candidates) if candidates is not None else prompt_candidates(task, tokenizer)
     preset = get_preset(task)
     results: list[tuple[PromptScore, LabelWordTask]] = []
-    for candidate in candidates:
+    for candidate in progress_bar(candidates, desc=f"scoring prompts on {len(rows)} {split_name} rows",
+                                  unit="prompt", leave=False):
         text = chat_wrapped(candidate.template, tokenizer) if candidate.chat else candidate.template
         words = tuple(w.lstrip() for w in candidate.label_words) if candidate.chat else candidate.label_words
         built = LabelWordTask(tokenizer=tokenizer, template=PromptTemplate(text, truncate=preset.template.truncate),

@@ -7,6 +7,7 @@ resend, and the optional server-side replica that replays the log for evaluation
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -225,12 +226,18 @@ class FlowerFederation(Exchange):
         if self.replica is not None and self.probe is not None:
             self.replica.replay(records, through_round, self.server.settings, self.probe)
 
+    def announce(self, line: str) -> None:
+        logger.info(line)  # the simulator's per-round line, in Flower's log (`flwr run --stream`, SuperLink)
+
     def round_done(self, record: RoundRecord) -> None:
-        logger.info("round %d: sampled %s, reports from %s, dropped %s, unreachable %s, unanswered %s, failed %s, "
-                    "rejected %s, resynced %s, train loss %s%s", record.round, record.sampled, sorted(record.bytes_up),
-                    record.dropped, record.unreachable, record.unanswered, sorted(record.failed),
-                    sorted(record.rejected), record.resynced, record.train_loss,
-                    f", eval {record.eval}" if record.eval is not None else "")
+        # Which client did what: at INFO when something went wrong in the round, else only in a debug log.
+        faults = (record.dropped or record.unreachable or record.unanswered or record.failed or record.rejected
+                  or record.resynced)
+        logger.log(logging.INFO if faults else logging.DEBUG,
+                   "round %d: sampled %s, reports from %s, dropped %s, unreachable %s, unanswered %s, failed %s, "
+                   "rejected %s, resynced %s", record.round, record.sampled, sorted(record.bytes_up),
+                   record.dropped, record.unreachable, record.unanswered, sorted(record.failed),
+                   sorted(record.rejected), record.resynced)
 
     def run(self, grid: GridLike) -> FederationResult:
         """Run the rounds left (resuming from ``output_dir``'s state file when it matches) and return the records."""

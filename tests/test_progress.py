@@ -1,0 +1,141 @@
+"""What a run prints: the per-round line, the log-level switches, the thread policy, the hidden harmless warnings."""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+
+import pytest
+
+from hf_fedzo.federation import simulate_federation
+from hf_fedzo.known_warnings import BNB_KERNELS_MISSING, BNB_LOGGER, CHECKPOINTING_DEPRECATION
+from hf_fedzo.progress import LIBRARY_LOGGER, format_duration, set_verbosity
+from hf_fedzo.runs.threads import choose_threads
+from tests.federation_setup import batch_loss, checksum, client_data, config, tiny_model
+
+ROUND_LINE = re.compile(r"^(\w+) round (\d+)(?:/(\d+)| \((\d+)% of the FLOP budget\)) \| (\d+)/(\d+) clients answered"
+                        r" \| train loss [\d.]+( \| eval accuracy [\d.]+)? \| [\d.]+ TFLOPs \| elapsed \S+ \| ETA \S+$")
+
+
+@pytest.fixture
+def verbosity():
+    yield set_verbosity
+    logging.getLogger(LIBRARY_LOGGER).setLevel(logging.NOTSET)
+
+
+def round_lines(text: str) -> list[re.Match[str]]:
+    return [m for line in text.splitlines() if (m := ROUND_LINE.match(line))]
+
+
+def test_simulate_federation_prints_one_line_per_round(capsys: pytest.CaptureFixture[str]) -> None:
+    simulate_federation(tiny_model(), batch_loss, client_data(), config(rounds=3, eval_every=2),
+                        evaluate=lambda model: {"accuracy": 0.5})
+    lines = round_lines(capsys.readouterr().out)
+    assert [(m[1], m[2], m[3]) for m in lines] == [("fedspzo", "1", "3"), ("fedspzo", "2", "3"), ("fedspzo", "3", "3")]
+    assert all((m[5], m[6]) == ("3", "3") for m in lines)  # every sampled client answered
+    assert [m[7] is not None for m in lines] == [False, True, True]  # evaluated at round 2 and after the last
+    assert lines[-1][0].endswith("ETA 0s")
+
+
+def test_round_line_under_a_flop_budget_and_for_fedavg(capsys: pytest.CaptureFixture[str]) -> None:
+    result = simulate_federation(tiny_model(), batch_loss, client_data(), config(method="fedavg", rounds=50,
+                                                                                 flop_budget=2e8))
+    lines = round_lines(capsys.readouterr().out)
+    assert len(lines) == len(result.rounds) >= 2
+    assert lines[0][1] == "fedavg" and lines[0][4] is not None and lines[-1][4] == "100"
+
+
+def test_progress_output_changes_no_number(verbosity, capsys: pytest.CaptureFixture[str]) -> None:
+    shown = tiny_model()
+    simulate_federation(shown, batch_loss, client_data(), config(rounds=2))
+    assert round_lines(capsys.readouterr().out)
+    verbosity("warning")  # --log_level warning: no round line
+    hidden = tiny_model()
+    simulate_federation(hidden, batch_loss, client_data(), config(rounds=2))
+    assert not round_lines(capsys.readouterr().out)
+    assert checksum(shown) == checksum(hidden)
+
+
+def test_quiet_hides_round_lines_and_bars(capsys: pytest.CaptureFixture[str]) -> None:
+    import datasets
+    import transformers
+
+    from hf_fedzo.progress import bars_enabled
+    from hf_fedzo.runs import configure_console
+
+    before = transformers.logging.get_verbosity()
+    try:
+        configure_console("passive", quiet=True)
+        assert not bars_enabled() and transformers.logging.get_verbosity() == logging.ERROR
+        simulate_federation(tiny_model(), batch_loss, client_data(), config(rounds=1))
+        captured = capsys.readouterr()
+        assert not round_lines(captured.out) and "rounds" not in captured.err
+    finally:
+        transformers.logging.enable_progress_bar()
+        datasets.enable_progress_bars()
+        transformers.logging.set_verbosity(before)
+        datasets.logging.set_verbosity(logging.WARNING)
+        logging.getLogger(LIBRARY_LOGGER).setLevel(logging.NOTSET)
+    assert bars_enabled()
+
+
+def test_format_duration() -> None:
+    assert [format_duration(s) for s in (0, 42.4, 187, 3720)] == ["0s", "42s", "3m07s", "1h02m"]
+
+
+@pytest.mark.parametrize(("requested", "environ", "expected"), [
+    (3, {"OMP_NUM_THREADS": "2"}, (3, "--threads")),
+    (None, {"OMP_NUM_THREADS": "2", "LOCAL_WORLD_SIZE": "4"}, (2, "OMP_NUM_THREADS")),
+    (None, {"LOCAL_WORLD_SIZE": "4"}, (4, "16 usable cores / 4 processes on this machine")),
+    (None, {"LOCAL_WORLD_SIZE": "32"}, (1, "16 usable cores / 32 processes on this machine")),
+    (None, {"OMP_NUM_THREADS": "many"}, (16, "16 usable cores")),
+    (None, {}, (16, "16 usable cores")),
+])
+def test_thread_policy(requested, environ, expected) -> None:
+    assert choose_threads(requested, environ, cores=16) == expected
+
+
+def test_thread_count_never_exceeds_the_cores_this_process_may_use() -> None:
+    import os
+
+    threads, _ = choose_threads(None, {})
+    assert 1 <= threads <= len(os.sched_getaffinity(0))
+
+
+def test_bitsandbytes_kernels_warning_is_hidden_and_others_are_not(caplog: pytest.LogCaptureFixture) -> None:
+    import hf_fedzo  # noqa: F401  (installs the filter on import)
+
+    bnb = logging.getLogger(BNB_LOGGER)
+    with caplog.at_level(logging.WARNING):
+        bnb.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already "
+                    "`pip install kernels` and the kernels >= 0.11.1", ModuleNotFoundError("No module named 'kernels'"))
+        bnb.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure ...",
+                    RuntimeError("kernel download failed"))
+        bnb.warning("another bitsandbytes warning")
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any(m.startswith(BNB_KERNELS_MISSING) for m in messages)
+    assert len(messages) == 2 and "kernel download failed" in messages[0]
+    assert messages[1] == "another bitsandbytes warning"
+
+
+def test_peft_checkpointing_deprecation_is_hidden_only_around_the_wrap() -> None:
+    from peft import LoraConfig, get_peft_model
+
+    from hf_fedzo.runs import ModelArguments
+    from hf_fedzo.runs.models import apply_peft
+    from tests.tiny_models import llama
+
+    with warnings.catch_warnings(record=True) as caught:  # the source: PEFT's wrap, without our filter
+        warnings.simplefilter("always")
+        get_peft_model(llama(), LoraConfig(r=2, target_modules=["q_proj"]))
+    assert any(CHECKPOINTING_DEPRECATION in str(w.message) for w in caught)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = apply_peft(llama(), ModelArguments(peft="lora", lora_target_modules=["q_proj"]), "causal")
+        assert not [w for w in caught if CHECKPOINTING_DEPRECATION in str(w.message)]
+        model.get_base_model().is_gradient_checkpointing  # noqa: B018  (outside the wrap: still warned)
+        warnings.warn("an unrelated FutureWarning", FutureWarning, stacklevel=1)
+    messages = [str(w.message) for w in caught]
+    assert any(CHECKPOINTING_DEPRECATION in m for m in messages) and "an unrelated FutureWarning" in messages
