@@ -11,16 +11,17 @@ Without a split all parameters form one block and the P1·P2 directions are full
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from hf_fedzo.engine.flops import ShapeFlops, eager
 from hf_fedzo.engine.perturbation import DirectionApplier, IndexedParameter
 from hf_fedzo.engine.seeds import BLOCK1, BLOCK2, direction_seed
 from hf_fedzo.engine.settings import ZOSettings
-from hf_fedzo.engine.split import FlopCounter, SplitExecutor, SplitPlan, build_plan, find_layer_stack
+from hf_fedzo.engine.split import SplitExecutor, SplitPlan, build_plan, find_layer_stack
 from hf_fedzo.engine.work import WorkCounters
 
 LossFn = Callable[[], torch.Tensor]
@@ -57,15 +58,17 @@ class ZOEstimator:
         self.plan: SplitPlan | None = None
         self._executor: SplitExecutor | None = None
         self._layers: nn.ModuleList | None = None
+        self._flops: ShapeFlops | None = None
 
     # ----------------------------------------------------------------------------------------- plan
     def prepare(self, loss_fn: LossFn) -> SplitPlan:
         """Build the block plan from one traced forward (done once, on the first batch)."""
         if self.plan is None:
-            with torch.inference_mode():
+            with torch.inference_mode(), eager():  # its tracing hooks would recompile a compiled model
                 self.plan = build_plan(self.model, loss_fn, self.settings.split, self.settings.p2,
                                        self.settings.layers_path)
             _, self._layers = find_layer_stack(self.model, self.plan.layers_path)
+            self._flops = ShapeFlops(self.model, self._layers)
             if self.plan.split_index is not None:
                 self._executor = SplitExecutor(self._layers, self.plan.split_index)
             if not self.plan.parameters:
@@ -88,31 +91,42 @@ class ZOEstimator:
 
     # ------------------------------------------------------------------------------------- estimate
     @torch.no_grad()
-    def estimate(self, loss_fn: LossFn, step_seed: int) -> ZOEstimate:
+    def estimate(self, loss_fn: LossFn, step_seed: int, shape: Hashable | None = None) -> ZOEstimate:
+        """One ZO step's projected gradients on the batch ``loss_fn`` evaluates.
+
+        ``shape`` names the batch's input shape (:func:`~hf_fedzo.engine.flops.input_shape`): FLOPs are then
+        measured on the first forward of each shape and reused, so a ``torch.compile``-d model sees no counting
+        hook after that. ``None`` counts every forward with hooks. Split forwards (block 1 up to the split,
+        block 2 from a cached activation) re-enter the layer stack through hooks and always run eagerly.
+        """
         plan = self.prepare(loss_fn)
         s = self.settings
         eps = s.eps
         executor = self._executor
         sides = self._sides
-        assert self._layers is not None
-        counter = FlopCounter(self.model, self._layers)
+        meter = self._flops
+        assert meter is not None
         forwards = [0, 0]
         flops = [0, 0]
 
         def block1() -> torch.Tensor | None:
             if executor is None:
                 return None
-            with torch.inference_mode():
+            with torch.inference_mode(), meter.forward(0, shape) as spent, eager():
                 hidden = executor.run_prefix(loss_fn)
             forwards[0] += 1
-            flops[0] += counter.take()
+            flops[0] += spent[0]
             return hidden
 
         def block2(hidden: torch.Tensor | None) -> torch.Tensor:
-            with torch.inference_mode():
-                loss = loss_fn() if executor is None else executor.run_suffix(loss_fn, hidden)  # type: ignore[arg-type]
+            with torch.inference_mode(), meter.forward(1, shape) as spent:
+                if executor is None:
+                    loss = loss_fn()
+                else:
+                    with eager():
+                        loss = executor.run_suffix(loss_fn, hidden)  # type: ignore[arg-type]
             forwards[1] += 1
-            flops[1] += counter.take()
+            flops[1] += spent[0]
             return loss.detach().float().reshape(())
 
         losses = torch.zeros(s.p1, s.p2, len(sides))
@@ -132,7 +146,6 @@ class ZOEstimator:
                 else:
                     losses[i, j, sides.index(side)] = block2(cached[side])
         finally:
-            counter.remove()
             self.model.train(was_training)
 
         if s.difference == "central":
