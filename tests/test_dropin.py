@@ -291,7 +291,7 @@ def test_ignored_trainer_options_are_named(flags: list[str], named: str, tmp_pat
 
 
 def test_fp16_is_refused_by_name(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="^fp16: AMP fp16 needs gradients"):
+    with pytest.raises(ValueError, match=r"^fp16: AMP fp16 needs gradients"):
         HfArgumentParser((TrainingArguments,)).parse_args_into_dataclasses(
             args=["--output_dir", str(tmp_path), "--fp16"])
 
