@@ -58,6 +58,11 @@ class ZOConfig(TrainingArguments, ZOArguments):
     average_tokens_across_devices: bool = field(
         default=False, metadata={"help": "Must stay False: ZO losses are averaged per step, not per token."}
     )
+    lr_scheduler_type: str = field(
+        default="linear",
+        metadata={"help": "The scheduler type to use: TrainingArguments' default (linear), so swapping only Trainer or "
+                  "both classes gives one schedule; MeZO's runs (and the recipes) use constant."},
+    )
     logging_steps: float = field(default=10, metadata={"help": "Log every X update steps."})
 
     def __post_init__(self) -> None:
