@@ -296,10 +296,12 @@ def test_fp16_is_refused_by_name(tmp_path: Path) -> None:
             args=["--output_dir", str(tmp_path), "--fp16"])
 
 
-def test_torch_compile_does_not_recompile_and_counts_the_same_flops(tmp_path: Path) -> None:
-    # --torch_compile: after the first step compiled the model, no later forward may recompile it (counting
-    # hooks did, on every forward), and the FLOPs counted once per shape equal the eager run's.
+@pytest.mark.parametrize("split", ["none", "0.5"])
+def test_torch_compile_does_not_recompile_and_counts_the_same_flops(split: str, tmp_path: Path) -> None:
+    # --torch_compile: after the first step compiled the model, no later forward may recompile it (counting and
+    # split hooks did, until dynamo's recompile limit), and the FLOPs counted once per shape equal the eager run's.
     import datasets
+    from torch._dynamo.utils import counters
     from transformers import TrainerCallback
 
     class FailOnRecompile(TrainerCallback):
@@ -309,21 +311,24 @@ def test_torch_compile_does_not_recompile_and_counts_the_same_flops(tmp_path: Pa
     ids = torch.arange(48).remainder(7).add(5).view(6, 8).tolist()
     data = datasets.Dataset.from_dict({"input_ids": ids, "labels": ids})
 
-    def train(compiled: bool) -> Trainer:
+    def train(compiled: bool) -> tuple[Trainer, int]:
         torch.manual_seed(0)
         args = TrainingArguments(output_dir=str(tmp_path / str(compiled)), max_steps=3, per_device_train_batch_size=2,
-                                 learning_rate=1e-3, zo_split="none", report_to=[], use_cpu=True,
+                                 learning_rate=1e-3, zo_split=split, report_to=[], use_cpu=True,
                                  save_strategy="no", disable_tqdm=True, torch_compile=compiled,
                                  torch_compile_backend="eager" if compiled else None)
         trainer = Trainer(model=llama(num_hidden_layers=2), args=args, train_dataset=data,
                           callbacks=[FailOnRecompile()] if compiled else None)
         torch._dynamo.reset()
+        counters.clear()
         try:
             trainer.train()
+            return trainer, counters["stats"]["unique_graphs"]
         finally:
             torch.compiler.set_stance("default")
             torch._dynamo.reset()
-        return trainer
 
-    eager_run, compiled_run = train(False), train(True)
+    (eager_run, _), (compiled_run, graphs) = train(False), train(True)
     assert compiled_run.zo_work == eager_run.zo_work and compiled_run.zo_work.flops > 0
+    # Without a split the training forwards run compiled; split forwards run eagerly (README: Migrating).
+    assert graphs == (1 if split == "none" else 0)
