@@ -166,6 +166,7 @@ class ZOSplitTrainer(Trainer):
             problem = checkpoint_problem(resume_from_checkpoint)
             if problem is not None:
                 raise ValueError(f"cannot resume from {resume_from_checkpoint}: {problem}")
+        self._zo_weights_from = {}
         if resume_from_checkpoint and (Path(resume_from_checkpoint) / TRAJECTORY_NAME).is_file():
             # The work counters go on from the checkpoint's, as its update history does.
             saved = read_record(Path(resume_from_checkpoint) / TRAJECTORY_NAME)
@@ -187,6 +188,8 @@ class ZOSplitTrainer(Trainer):
     def align_with_checkpoint(self, checkpoint: str | os.PathLike[str]) -> None:
         """Cut the update history back to ``checkpoint``'s after its weights were reloaded into the model
         (``load_best_model_at_end``), so the trajectory saved next replays to the weights saved with it."""
+        if self.zo_estimator is None or self.zo_estimator.plan is None:
+            return  # no step was made: there is no history to cut
         optimizer = self.zo_optimizer
         try:
             count = checkpoint_prefix(checkpoint, optimizer.history, optimizer.estimator)
