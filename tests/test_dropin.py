@@ -137,8 +137,10 @@ def run_classification(argv: list[str]) -> Trainer:
     raw_datasets = load_dataset("json", data_files=data_files, cache_dir=model_args.cache_dir)
     label_list = sorted(str(label) for label in raw_datasets["train"].unique("label"))
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
-    model = AutoModelForSequenceClassification.from_pretrained(model_args.model_name_or_path,
-                                                               num_labels=len(label_list))
+    config = AutoConfig.from_pretrained(model_args.model_name_or_path, num_labels=len(label_list),
+                                        finetuning_task="text-classification")
+    config.problem_type = "single_label_classification"
+    model = AutoModelForSequenceClassification.from_pretrained(model_args.model_name_or_path, config=config)
     label_to_id = {v: i for i, v in enumerate(label_list)}
     model.config.label2id = label_to_id
     model.config.id2label = {id: label for label, id in label_to_id.items()}
