@@ -11,6 +11,18 @@ from transformers import TrainingArguments
 from hf_fedzo.engine import ZOArguments, ZOSettings
 from hf_fedzo.engine.split import parse_split
 
+ZO_STEP = "ZOSplitTrainer always steps its own ZOOptimizer (θ ← θ·(1 − lr·weight_decay) − lr·ĝ)"
+# TrainingArguments fields that only configure a gradient optimizer: ZO training ignores them (warned, by name).
+IGNORED_OPTIMIZER_OPTIONS = {
+    "optim": ZO_STEP,
+    "optim_args": ZO_STEP,
+    "optim_target_modules": ZO_STEP,
+    "adam_beta1": f"{ZO_STEP}, which keeps no moments",
+    "adam_beta2": f"{ZO_STEP}, which keeps no moments",
+    "adam_epsilon": f"{ZO_STEP}, which keeps no moments",
+    "neftune_noise_alpha": "NEFTune adds noise only in training mode, and ZO forwards run in eval mode",
+}
+
 
 @dataclass
 class ZOConfig(TrainingArguments, ZOArguments):
@@ -24,9 +36,14 @@ class ZOConfig(TrainingArguments, ZOArguments):
     zo_split="none"` is MeZO; `zo_p1=n, zo_split="none"` is n-SPSA.
 
     Defaults that only make sense with gradients are changed: `max_grad_norm=0` (there is no gradient to
-    clip), `average_tokens_across_devices=False` (it adds a collective per step and rescales the loss),
-    `lr_scheduler_type="constant"` and `logging_steps=10` (as MeZO's runs). Learning rates used by MeZO:
-    1e-6/1e-7 for full weights, 1e-4/5e-5 for LoRA.
+    clip), `average_tokens_across_devices=False` (it adds a collective per step and rescales the loss) and
+    `logging_steps=10`. The LR schedule keeps `TrainingArguments`' default (`linear`, decaying to 0), so a
+    script gets the same schedule whether it swaps only `Trainer` or both classes; MeZO's runs used
+    `lr_scheduler_type="constant"`, which the recipes set. Learning rates used by MeZO: 1e-6/1e-7 for full
+    weights, 1e-4/5e-5 for LoRA (AdamW's 5e-5 default is far too large for full-weight ZO).
+
+    Options that only configure a gradient optimizer (`optim`, `optim_args`, `adam_*`, ...) are ignored with
+    a warning naming each; `fp16`, DeepSpeed and FSDP are refused (see `__post_init__`).
     """
 
     zo_seed: int | None = field(
@@ -41,7 +58,11 @@ class ZOConfig(TrainingArguments, ZOArguments):
     average_tokens_across_devices: bool = field(
         default=False, metadata={"help": "Must stay False: ZO losses are averaged per step, not per token."}
     )
-    lr_scheduler_type: str = field(default="constant", metadata={"help": "The scheduler type to use."})
+    lr_scheduler_type: str = field(
+        default="linear",
+        metadata={"help": "The scheduler type to use: TrainingArguments' default (linear), so swapping only Trainer or "
+                  "both classes gives one schedule; MeZO's runs (and the recipes) use constant."},
+    )
     logging_steps: float = field(default=10, metadata={"help": "Log every X update steps."})
 
     def __post_init__(self) -> None:
@@ -61,9 +82,15 @@ class ZOConfig(TrainingArguments, ZOArguments):
             raise ValueError(f"max_grad_norm={self.max_grad_norm}: ZO updates have no gradient to clip; set it to 0.")
         if self.average_tokens_across_devices:
             raise ValueError("average_tokens_across_devices=True: ZO losses are averaged per step; set it to False.")
-        if self.gradient_checkpointing:
-            warnings.warn("gradient_checkpointing has no effect without backward passes; disabling it.", stacklevel=2)
-            self.gradient_checkpointing = False
+        # gradient_checkpointing is transformers' deprecated alias of activation_checkpointing: both are turned off.
+        named = [n for n in ("activation_checkpointing", "gradient_checkpointing") if getattr(self, n)]
+        if named:
+            warnings.warn(f"{named[0]}=True has no effect without backward passes; disabling it.", stacklevel=2)
+        self.activation_checkpointing = self.gradient_checkpointing = False
+        for name, reason in IGNORED_OPTIMIZER_OPTIONS.items():
+            value = getattr(self, name)
+            if str(getattr(value, "value", value)) != str(TrainingArguments.__dataclass_fields__[name].default):
+                warnings.warn(f"{name}={getattr(value, 'value', value)!r} is ignored: {reason}", stacklevel=2)
         ZOArguments.__post_init__(self)  # TrainingArguments.__post_init__ does not chain to it
         for name in ("learning_rate", "weight_decay"):  # NaN passes every range check and trains an all-NaN model
             if not math.isfinite(getattr(self, name)):

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,10 +20,18 @@ from torch import nn
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_fedzo.config import ZOConfig
-from hf_fedzo.engine import DivergenceError, SeedScope, WorkCounters, ZOEstimate, ZOEstimator, ZOOptimizer
+from hf_fedzo.engine import (
+    DivergenceError,
+    SeedScope,
+    WorkCounters,
+    ZOEstimate,
+    ZOEstimator,
+    ZOOptimizer,
+    input_shape,
+)
 from hf_fedzo.redaction import redact_command, redact_mapping
-from hf_fedzo.trajectory.format import TRAJECTORY_NAME
-from hf_fedzo.trajectory.record import Trajectory, current_command, save_trajectory
+from hf_fedzo.trajectory.format import TRAJECTORY_NAME, read_record
+from hf_fedzo.trajectory.record import Trajectory, checkpoint_prefix, current_command, save_trajectory
 from hf_fedzo.trajectory.tensors import capture_start
 
 logger = logging.getLogger(__name__)
@@ -97,6 +106,11 @@ class _DivergenceGuard(TrainerCallback):
         if self.trainer._zo_flat_estimates and control.should_save:
             control.should_save = False
 
+    def on_train_end(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        # Trainer has just reloaded the best checkpoint's weights: the trajectory must end there too.
+        if args.load_best_model_at_end and state.best_model_checkpoint:
+            self.trainer.align_with_checkpoint(state.best_model_checkpoint)
+
 
 def _as_zo_config(args: TrainingArguments | None) -> ZOConfig:
     """Accept plain ``TrainingArguments`` from an existing script, resetting gradient-only settings."""
@@ -125,6 +139,7 @@ class ZOSplitTrainer(Trainer):
                  **kwargs: Any) -> None:
         args = _as_zo_config(args)
         super().__init__(model, args, *pargs, **kwargs)
+        self._drop_foreign_optimizer()
         self.seed_scope = SeedScope(args.zo_base_seed)
         self.zo_estimator: ZOEstimator | None = None
         self._zo_micro_batch = 0
@@ -134,6 +149,7 @@ class ZOSplitTrainer(Trainer):
         self._zo_window: list[ZOEstimate] = []
         self._zo_flat_estimates = 0
         self._zo_flat_since = 0
+        self._zo_weights_from: dict[str, Any] = {}  # the checkpoint whose weights were reloaded, if any
         self.add_callback(_DivergenceGuard(self))
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
@@ -150,7 +166,41 @@ class ZOSplitTrainer(Trainer):
             problem = checkpoint_problem(resume_from_checkpoint)
             if problem is not None:
                 raise ValueError(f"cannot resume from {resume_from_checkpoint}: {problem}")
+        self._zo_weights_from = {}
+        if resume_from_checkpoint and (Path(resume_from_checkpoint) / TRAJECTORY_NAME).is_file():
+            # The work counters go on from the checkpoint's, as its update history does.
+            saved = read_record(Path(resume_from_checkpoint) / TRAJECTORY_NAME)
+            self.zo_work = WorkCounters.from_mapping(saved.get("run", {}).get("totals", {}))
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _drop_foreign_optimizer(self) -> None:
+        """``optimizers=`` / ``optimizer_cls_and_kwargs=`` from a Trainer script: ignored, with a warning."""
+        if self.optimizer is not None or self.optimizer_cls_and_kwargs is not None:
+            given = type(self.optimizer).__name__ if self.optimizer is not None else "optimizer_cls_and_kwargs"
+            warnings.warn(f"optimizers: the given {given} is ignored; ZOSplitTrainer trains with its own ZOOptimizer "
+                          "(lr and weight_decay from the args)", stacklevel=3)
+            self.optimizer = self.optimizer_cls_and_kwargs = None
+        if self.lr_scheduler is not None:
+            warnings.warn(f"optimizers: the given {type(self.lr_scheduler).__name__} is ignored (it cannot drive the "
+                          "ZOOptimizer, created later); use lr_scheduler_type and warmup_steps", stacklevel=3)
+            self.lr_scheduler = None
+
+    def align_with_checkpoint(self, checkpoint: str | os.PathLike[str]) -> None:
+        """Cut the update history back to ``checkpoint``'s after its weights were reloaded into the model
+        (``load_best_model_at_end``), so the trajectory saved next replays to the weights saved with it."""
+        if self.zo_estimator is None or self.zo_estimator.plan is None:
+            return  # no step was made: there is no history to cut
+        optimizer = self.zo_optimizer
+        try:
+            count = checkpoint_prefix(checkpoint, optimizer.history, optimizer.estimator)
+        except ValueError as err:
+            logger.warning("the trajectory keeps all %d updates, which do not end at the weights now in the model: "
+                           "%s", len(optimizer.history), err)
+            return
+        if count < len(optimizer.history):
+            logger.info("trajectory cut back to the %d updates of %s (best model)", count, checkpoint)
+            del optimizer.history[count:]
+        self._zo_weights_from = {"weights_from_checkpoint": Path(checkpoint).name, "weights_after_updates": count}
 
     # ------------------------------------------------------------------------------------ optimizer
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
@@ -197,7 +247,7 @@ class ZOSplitTrainer(Trainer):
                 # "labels" from the dict it is given, which would leave every later perturbation without labels.
                 return self.compute_loss(model, dict(inputs))
 
-        estimate = optimizer.estimator.estimate(loss_fn, self._next_step_seed())
+        estimate = optimizer.estimator.estimate(loss_fn, self._next_step_seed(), input_shape(inputs))
         if self.accelerator.num_processes > 1:
             # Same seeds everywhere, different data shards: averaging the scalars keeps replicas identical.
             packed = torch.cat([estimate.scalars.flatten(), torch.tensor([estimate.loss])]).to(self.args.device)
@@ -265,7 +315,8 @@ class ZOSplitTrainer(Trainer):
                "learning_rate": args.learning_rate, "weight_decay": args.weight_decay,
                # Never record a secret: a recipe launched with --hub_token would otherwise publish it.
                "command": redact_command(command if command is not None else current_command()),
-               "training_args": redact_mapping(json.loads(json.dumps(args.to_dict(), default=str)))}
+               "training_args": redact_mapping(json.loads(json.dumps(args.to_dict(), default=str))),
+               **self._zo_weights_from}
         return Trajectory.record(optimizer.estimator, optimizer.history, optimizer.trajectory_start, self.seed_scope,
                                  run, base_model=base_model, base_revision=base_revision)
 

@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "model_name_or_path": "facebook/opt-1.3b",
     "task": "sst2",
     "learning_rate": 1e-6,
+    "lr_scheduler_type": "constant",  # as MeZO; ZOConfig keeps TrainingArguments' linear
     "zo_eps": 1e-3,
     "per_device_train_batch_size": 16,
     "per_device_eval_batch_size": 16,

@@ -43,6 +43,7 @@ DEFAULTS: dict[str, Any] = {
     "task": "sst2",
     "dataset": "glue/sst2",
     "learning_rate": 1e-6,
+    "lr_scheduler_type": "constant",  # as MeZO; ZOConfig keeps TrainingArguments' linear
     "zo_eps": 1e-3,
     "per_device_train_batch_size": 64,
     "per_device_eval_batch_size": 64,

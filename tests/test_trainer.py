@@ -144,12 +144,16 @@ def test_accepts_plain_training_arguments(tmp_path: Path) -> None:
     assert predictions.predictions.shape[0] == 4
 
 
-def test_refuses_foreign_optimizer(tmp_path: Path) -> None:
+def test_ignores_foreign_optimizer_with_a_warning(tmp_path: Path) -> None:
+    # A Trainer script's optimizers=(opt, scheduler) cannot drive ZO steps: both are dropped, each named.
     model = llama()
-    trainer = ZOSplitTrainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=pattern_dataset(8),
-                             optimizers=(torch.optim.SGD(model.parameters(), lr=0.1), None))
-    with pytest.raises(TypeError, match="optimizers"):
-        trainer.train()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.warns(UserWarning, match="optimizers: the given SGD is ignored") as caught:
+        trainer = ZOSplitTrainer(model=model, args=_args(tmp_path, max_steps=1), train_dataset=pattern_dataset(8),
+                                 optimizers=(sgd, torch.optim.lr_scheduler.LambdaLR(sgd, lambda step: 1.0)))
+    assert any("LambdaLR is ignored" in str(w.message) for w in caught)
+    trainer.train()
+    assert isinstance(trainer.zo_optimizer, ZOOptimizer) and len(trainer.zo_optimizer.history) == 1
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """The ZO engine: seeded perturbations, split execution and the estimator. No Trainer imports here."""
 
 from hf_fedzo.engine.estimator import DivergenceError, ZOEstimate, ZOEstimator
+from hf_fedzo.engine.flops import input_shape
 from hf_fedzo.engine.optimizer import ZOOptimizer, ZOUpdate, apply_updates
 from hf_fedzo.engine.perturbation import (
     PERTURBATIONS,
@@ -41,6 +42,7 @@ __all__ = [
     "direction_seed",
     "find_layer_stack",
     "history_threshold",
+    "input_shape",
     "mix_seed",
     "recent_scalars",
     "register_perturbation",

@@ -11,17 +11,18 @@ Without a split all parameters form one block and the P1·P2 directions are full
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from hf_fedzo.engine.flops import ShapeFlops, eager
 from hf_fedzo.engine.perturbation import DirectionApplier, IndexedParameter
 from hf_fedzo.engine.seeds import BLOCK1, BLOCK2, direction_seed
 from hf_fedzo.engine.settings import ZOSettings
-from hf_fedzo.engine.split import FlopCounter, SplitExecutor, SplitPlan, build_plan, find_layer_stack
+from hf_fedzo.engine.split import SplitExecutor, SplitPlan, build_plan, find_layer_stack
 from hf_fedzo.engine.work import WorkCounters
 
 LossFn = Callable[[], torch.Tensor]
@@ -59,15 +60,17 @@ class ZOEstimator:
         self._layers: nn.ModuleList | None = None
         # The active subset: indices of the trainable tensors a step perturbs and an update moves (None: all).
         self.active: frozenset[int] | None = None
+        self._flops: ShapeFlops | None = None
 
     # ----------------------------------------------------------------------------------------- plan
     def prepare(self, loss_fn: LossFn) -> SplitPlan:
         """Build the block plan from one traced forward (done once, on the first batch)."""
         if self.plan is None:
-            with torch.inference_mode():
+            with torch.inference_mode(), eager():  # its tracing hooks would recompile a compiled model
                 self.plan = build_plan(self.model, loss_fn, self.settings.split, self.settings.p2,
                                        self.settings.layers_path)
             _, self._layers = find_layer_stack(self.model, self.plan.layers_path)
+            self._flops = ShapeFlops(self.model, self._layers)
             if not self.plan.parameters:
                 raise ValueError("the model has no trainable parameters (requires_grad=True) to perturb")
             dtype = self.plan.parameters[0].tensor.dtype
@@ -114,14 +117,21 @@ class ZOEstimator:
 
     # ------------------------------------------------------------------------------------- estimate
     @torch.no_grad()
-    def estimate(self, loss_fn: LossFn, step_seed: int) -> ZOEstimate:
+    def estimate(self, loss_fn: LossFn, step_seed: int, shape: Hashable | None = None) -> ZOEstimate:
+        """One ZO step's projected gradients on the batch ``loss_fn`` evaluates.
+
+        ``shape`` names the batch's input shape (:func:`~hf_fedzo.engine.flops.input_shape`): FLOPs are then
+        measured on the first forward of each shape and reused, so a ``torch.compile``-d model sees no counting
+        hook after that. ``None`` counts every forward with hooks. Split forwards (block 1 up to the split,
+        block 2 from a cached activation) re-enter the layer stack through hooks and always run eagerly.
+        """
         plan = self.prepare(loss_fn)
         s = self.settings
         eps = s.eps
         sides = self._sides
-        assert self._layers is not None
+        meter = self._flops
+        assert self._layers is not None and meter is not None
         spans = SplitExecutor(self._layers, plan.split_index or 0)
-        counter = FlopCounter(self.model, self._layers)
         forwards = [0, 0]
         flops = [0, 0]
         # An active subset above layer f freezes layers < f. Below an active block 1 they run once (the stem);
@@ -133,17 +143,23 @@ class ZOEstimator:
         def block1() -> torch.Tensor | None:
             if cut is None:
                 return None
-            with torch.inference_mode():
-                hidden = spans.run_span(loss_fn, f if stem is not None else 0, stem, stop=cut)
+            start = f if stem is not None else 0
+            # Split forwards re-enter the layer stack through hooks: always eager.
+            with torch.inference_mode(), meter.forward(("block1", start, cut), shape) as spent, eager():
+                hidden = spans.run_span(loss_fn, start, stem, stop=cut)
             forwards[0] += 1
-            flops[0] += counter.take()
+            flops[0] += spent[0]
             return hidden
 
         def block2(hidden: torch.Tensor | None) -> torch.Tensor:
-            with torch.inference_mode():
-                loss = loss_fn() if cut is None else spans.run_span(loss_fn, cut, hidden)
+            with torch.inference_mode(), meter.forward(("block2", cut), shape) as spent:
+                if cut is None:
+                    loss = loss_fn()
+                else:
+                    with eager():
+                        loss = spans.run_span(loss_fn, cut, hidden)
             forwards[1] += 1
-            flops[1] += counter.take()
+            flops[1] += spent[0]
             return loss.detach().float().reshape(())
 
         losses = torch.zeros(s.p1, s.p2, len(sides))
@@ -153,10 +169,10 @@ class ZOEstimator:
         self.model.eval()
         try:
             if f and cut == k:
-                with torch.inference_mode():
+                with torch.inference_mode(), meter.forward(("stem", f), shape) as spent, eager():
                     stem = spans.run_span(loss_fn, stop=f)
                 forwards[0] += 1
-                flops[0] += counter.take()
+                flops[0] += spent[0]
             if s.difference == "forward":
                 baseline = block2(block1())
             # Nothing trainable (or active) before the cut (e.g. LoRA on the top layers only): block 1 is the same
@@ -168,7 +184,6 @@ class ZOEstimator:
                 else:
                     losses[i, j, sides.index(side)] = block2(cached[side])
         finally:
-            counter.remove()
             self.model.train(was_training)
 
         if s.difference == "central":

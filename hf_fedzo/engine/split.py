@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hf_fedzo.engine.flops import FlopCounter
 from hf_fedzo.engine.perturbation import IndexedParameter
 
 try:  # transformers >= 4.52: every decoder/encoder layer derives from it
@@ -176,46 +177,7 @@ def _passthrough(*args: Any, **kwargs: Any) -> torch.Tensor:
     return _hidden_of(args, kwargs)
 
 
-class FlopCounter:
-    """Counts forward FLOPs of matrix products as they run: 2·in·out per row of every linear layer,
-    plus 4·B·T²·d for attention scores and mixing in each layer of the stack."""
-
-    def __init__(self, model: nn.Module, layers: nn.ModuleList) -> None:
-        self.total = 0
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        for module in model.modules():
-            weight = getattr(module, "weight", None)
-            if isinstance(module, nn.Linear):
-                hook = self._linear(module.in_features, module.out_features)
-                self._handles.append(module.register_forward_hook(hook))
-            elif type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2:
-                self._handles.append(module.register_forward_hook(self._linear(weight.shape[0], weight.shape[1])))
-        for layer in layers:
-            self._handles.append(layer.register_forward_hook(self._attention))
-
-    def _linear(self, fan_in: int, fan_out: int) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-            self.total += 2 * fan_out * (args[0].numel() // fan_in) * fan_in
-
-        return hook
-
-    def _attention(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        # A post-hook: a layer interrupted by a capture hook, or short-circuited in block 2, did no work.
-        if module.__dict__.get("forward") is _passthrough:
-            return
-        hidden = output if isinstance(output, torch.Tensor) else output[0]
-        if hidden.dim() == 3:
-            b, t, d = hidden.shape
-            self.total += 4 * b * t * t * d
-
-    def take(self) -> int:
-        total, self.total = self.total, 0
-        return total
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+_passthrough.zo_passthrough = True  # type: ignore[attr-defined]  # FlopCounter skips such layers
 
 
 class SplitExecutor:

@@ -18,7 +18,15 @@ from hf_fedzo.engine import SeedScope, SplitPlan, ZOEstimator, ZOUpdate
 from hf_fedzo.engine.perturbation import CHUNK_NUMEL
 from hf_fedzo.fingerprints import log_digest
 from hf_fedzo.redaction import redact_argv
-from hf_fedzo.trajectory.format import FORMAT, FORMAT_VERSION, SEED_DERIVATION, check_format, read_record, write_record
+from hf_fedzo.trajectory.format import (
+    FORMAT,
+    FORMAT_VERSION,
+    SEED_DERIVATION,
+    TRAJECTORY_NAME,
+    check_format,
+    read_record,
+    write_record,
+)
 from hf_fedzo.trajectory.tensors import dtype_name, fingerprint
 
 logger = logging.getLogger(__name__)
@@ -172,3 +180,21 @@ def save_trajectory(path: str | os.PathLike[str], trajectory: Trajectory | Recor
 def load_trajectory(path: str | os.PathLike[str]) -> Trajectory:
     """Read a trajectory file (or the ``zo_trajectory.json`` in a run folder)."""
     return Trajectory.from_dict(read_record(path))
+
+
+def checkpoint_prefix(checkpoint: str | os.PathLike[str], updates: Sequence[ZOUpdate], estimator: ZOEstimator) -> int:
+    """How many of ``updates`` the model's weights hold, now that they were reloaded from ``checkpoint``
+    (``load_best_model_at_end``): the length of the checkpoint's own update log, once checked to be a prefix
+    of ``updates`` and to end at the current trainable tensors. Raises ``ValueError`` naming what differs."""
+    path = Path(checkpoint) / TRAJECTORY_NAME
+    try:
+        saved = Trajectory.from_dict(read_record(path))
+    except (OSError, ValueError, KeyError) as err:
+        raise ValueError(f"{path} cannot be read ({type(err).__name__}: {err})") from err
+    count = len(saved.updates)
+    if list(updates[:count]) != saved.updates:
+        raise ValueError(f"{path}: its update log is not the start of this run's log (another run's checkpoint?)")
+    if estimator.plan is None or fingerprint((p.name, p.tensor) for p in estimator.parameters) != \
+            saved.final_fingerprint:
+        raise ValueError(f"{path}: the model's trainable tensors are not the ones this checkpoint saved")
+    return count
