@@ -20,7 +20,7 @@ from tests.asset_fixtures import DEFAULT_FAKE_ROWS, make_fake_vader_sdist, requi
 
 # split_fingerprint(load_vader("movie", archive_path=<default fake sdist>)). Pinned so that any change
 # to the cleaning or split algorithm (which would silently re-split users' data) fails a test.
-FAKE_MOVIE_FINGERPRINT = "513c4a0c10cf5ba975595f5c8f0f9d81d7ae0cac8c17038cd5c18a614a4dbce9"
+FAKE_MOVIE_FINGERPRINT = "d6eb98a40b1afd1bc1c4de35bcf10d62b5eacfdb91991cd1df616810d0bd94b9"
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_real_movie_split_counts_and_fingerprint() -> None:
     dsd = load_vader("movie")
     assert {k: v.num_rows for k, v in dsd.items()} == {"train": 8453, "validation": 1056, "test": 1057}
     assert {k: sum(v["label"]) for k, v in dsd.items()} == {"train": 4193, "validation": 524, "test": 524}
-    assert dsd["train"][0]["sentence"].startswith("Measured against practically any like themed film other than")
+    assert dsd["train"][0]["sentence"].startswith("The story wraps back around on itself")
     assert split_fingerprint(dsd) == REFERENCE_FINGERPRINTS["movie"]
 
 
@@ -175,3 +175,21 @@ def test_splits_are_hash_shuffled_so_prefixes_hold_both_labels(tmp_path: Path) -
     rows = [(str(i), (2.0 if i <= 50 else -2.0), f"sentence number {i}") for i in range(1, 101)]
     dsd = load_vader("movie", archive_path=make_fake_vader_sdist(tmp_path / "sorted.tar.gz", {"movie": rows}))
     assert set(dsd["train"]["label"][:20]) == {0, 1}
+
+
+def test_split_prefixes_keep_the_split_label_mix(tmp_path: Path) -> None:
+    """Every prefix a recipe takes (`select(range(n))`) has about its split's label mix, in every split: the
+    order must not follow the hash bands that assigned the rows (validation prefixes were one-label-heavy)."""
+    rows = [(str(i), (2.0 if i % 2 else -2.0), f"sentence number {i}") for i in range(1, 4001)]
+    dsd = load_vader("movie", archive_path=make_fake_vader_sdist(tmp_path / "mixed.tar.gz", {"movie": rows}))
+    for split in ("train", "validation", "test"):
+        labels = dsd[split]["label"]
+        prefix = labels[: len(labels) // 4]
+        assert abs(sum(prefix) / len(prefix) - sum(labels) / len(labels)) < 0.12, split
+
+
+@real
+def test_real_validation_prefix_is_not_label_skewed() -> None:
+    validation = load_vader("movie")["validation"]["label"]
+    prefix = validation[:128]
+    assert abs(sum(prefix) / 128 - sum(validation) / len(validation)) < 0.1
