@@ -34,7 +34,7 @@ $(FLOWER_STAMP): pyproject.toml
 	touch $(FLOWER_STAMP)
 
 test-flower: $(FLOWER_STAMP)
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(FLOWER_BIN)/python -m pytest -q tests/test_flower.py
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(FLOWER_BIN)/python -m pytest -q tests/test_flower.py tests/test_flower_heterogeneous.py
 
 lint: setup
 	$(BIN)/ruff check hf_fedzo tests recipes benchmarks
