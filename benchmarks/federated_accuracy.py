@@ -19,7 +19,7 @@ sentences) against cumulative forward FLOPs, starting at zero-shot (LoRA starts 
 
 Runs live in ``--output_dir/<arm>/lr<lr>/seed<k>/`` (the federation's own resumable state): an interrupted
 benchmark continues, a finished run is reused, and ``--report_only`` prints and plots from them. The
-centralised comparison (ZOSplitTrainer at equal FLOPs) is ``benchmarks/centralised_accuracy.py``.
+centralised comparison (ZOSplitTrainer at equal FLOPs) is not part of this script yet.
 
     hf-fedzo prepare-assets
     python -m benchmarks.federated_accuracy --workers 2
