@@ -15,7 +15,8 @@ from hf_fedzo.runs.threads import choose_threads
 from tests.federation_setup import batch_loss, checksum, client_data, config, tiny_model
 
 ROUND_LINE = re.compile(r"^(\w+) round (\d+)(?:/(\d+)| \((\d+)% of the FLOP budget\)) \| (\d+)/(\d+) clients answered"
-                        r" \| train loss [\d.]+( \| eval accuracy [\d.]+)? \| [\d.]+ TFLOPs \| elapsed \S+ \| ETA \S+$")
+                        r" \| train loss [\d.]+ \| [\d.]+ TFLOPs \| elapsed \S+ \| ETA \S+$")
+EVAL_LINE = re.compile(r"^(\w+) round (\d+) \| eval accuracy ([\d.]+) \| elapsed \S+$")
 
 
 @pytest.fixture
@@ -31,10 +32,14 @@ def round_lines(text: str) -> list[re.Match[str]]:
 def test_simulate_federation_prints_one_line_per_round(capsys: pytest.CaptureFixture[str]) -> None:
     simulate_federation(tiny_model(), batch_loss, client_data(), config(rounds=3, eval_every=2),
                         evaluate=lambda model: {"accuracy": 0.5})
-    lines = round_lines(capsys.readouterr().out)
+    capsys_text = capsys.readouterr().out
+    lines = round_lines(capsys_text)
     assert [(m[1], m[2], m[3]) for m in lines] == [("fedspzo", "1", "3"), ("fedspzo", "2", "3"), ("fedspzo", "3", "3")]
     assert all((m[5], m[6]) == ("3", "3") for m in lines)  # every sampled client answered
-    assert [m[7] is not None for m in lines] == [False, True, True]  # evaluated at round 2 and after the last
+    evaluated = [m for line in capsys_text.splitlines() if (m := EVAL_LINE.match(line))]
+    assert [(m[2], m[3]) for m in evaluated] == [("2", "0.5000"), ("3", "0.5000")]  # round 2 and after the last
+    text_lines = capsys_text.splitlines()
+    assert text_lines.index(lines[1][0]) + 1 == text_lines.index(evaluated[0][0])  # the eval follows its round
     assert lines[-1][0].endswith("ETA 0s")
 
 

@@ -151,16 +151,19 @@ def run_rounds(server: FederatedServer, exchange: Exchange, *,
             work=work, cumulative_flops=spent, train_loss=train_loss, seconds=time.perf_counter() - started,
             unreachable=exchanged.unreachable, unanswered=exchanged.unanswered, failed=exchanged.failed,
             resynced=exchanged.resynced, clipped=dict(server.clipped), accounting=server.accounting(exchanged.clients))
+        # The round's line goes out as soon as its training is done, before any evaluation: an evaluation can take
+        # as long as a round, and a user should not wait for both to see that the run moves.
+        if exchange.is_main_process:
+            exchange.announce(pace.line(record))
         if evaluate is not None and exchange.is_main_process and config.evaluation_due(round_id, spent):
             record.eval = dict(evaluate())
+            exchange.announce(pace.eval_line(record))
         result.rounds.append(record)
         if output is not None and exchange.is_main_process and exchange.resumable:
             write_state(output / STATE_FILE, fingerprint, server.state_dict(), [r.to_dict() for r in result.rounds])
         if on_round_end is not None:
             on_round_end(record)
         progress.update(1)
-        if exchange.is_main_process:
-            exchange.announce(pace.line(record))
         exchange.round_done(record)
     progress.close()
 
@@ -174,9 +177,10 @@ def run_rounds(server: FederatedServer, exchange: Exchange, *,
 class RoundPace:
     """The per-round progress line: where the run is, what the round gave, and when the run should end.
 
-    The estimate of the time left is the mean wall time of the rounds run so far in this call (evaluations
-    included) times the rounds left; under a FLOP budget the rounds left are also bounded by the budget left at
-    the mean FLOPs per round.
+    The line goes out when a round's training is done; an evaluation due after it gets its own line
+    (:meth:`eval_line`). The estimate of the time left is the mean wall time of the rounds run so far in this call
+    (evaluations before the current round included) times the rounds left; under a FLOP budget the rounds left
+    are also bounded by the budget left at the mean FLOPs per round.
     """
 
     def __init__(self, config: FederationConfig, spent_before: int) -> None:
@@ -200,9 +204,14 @@ class RoundPace:
             answered += f" ({len(record.rejected)} rejected)"
         parts = [f"{config.method} {position}", answered,
                  "train loss n/a" if record.train_loss is None else f"train loss {record.train_loss:.4f}"]
-        metric = next((m for m in METRICS if m in (record.eval or {})), None)
-        if metric is not None:
-            parts.append(f"eval {metric} {record.eval[metric]:.4f}")  # type: ignore[index]
         parts += [f"{record.cumulative_flops / 1e12:.2f} TFLOPs", f"elapsed {format_duration(elapsed)}",
                   f"ETA {format_duration(elapsed / self.ran * rounds_left)}"]
         return " | ".join(parts)
+
+    def eval_line(self, record: RoundRecord) -> str:
+        """The evaluation that followed a round's line (its first metric, or every one when none is known)."""
+        metrics = record.eval or {}
+        shown = [m for m in METRICS if m in metrics][:1] or list(metrics)
+        values = " | ".join(f"eval {name} {metrics[name]:.4f}" for name in shown)
+        return f"{self.config.method} round {record.round + 1} | {values} | elapsed " \
+               f"{format_duration(time.perf_counter() - self.started)}"
