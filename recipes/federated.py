@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 else config.round_settings().to_json(),
             }
             evaluated = [r for r in result.rounds if r.eval is not None]
-            curves[method] = ([0.0, *(r.cumulative_flops for r in evaluated)],
+            curves[method] = ([0.0, *(r.cumulative_flops / 1e12 for r in evaluated)],
                               [validation_zero_shot, *(r.eval["accuracy"] for r in evaluated)])
             # The method's own plots again, now from round 0 and with the reference lines the recipe knows.
             plot_rounds(output / method, config, result, label=method, start=validation_zero_shot,
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if state.is_main_process:
         summary["wall_time_s"] = time.perf_counter() - started_run
         write_json(output / "summary.json", summary)
-        plot = draw_curves(output / "accuracy_vs_flops.png", curves, xlabel="cumulative forward FLOPs (all clients)",
+        plot = draw_curves(output / "accuracy_vs_flops.png", curves, xlabel="cumulative forward TFLOPs (all clients)",
                            ylabel=curve_label, title=f"{data_args.source}: methods at an equal forward-FLOP budget",
                            min_yspan=0.1, y_bounds=(0.0, 1.0),
                            reference=[(name, y) for name, y in references if y is not None])

@@ -49,7 +49,7 @@ def plot_rounds(output: Path, config: FederationConfig, result: FederationResult
     label = label or config.method
     axes: Sequence[tuple[str, list[Any], str]] = (
         ("rounds", [r.round + 1 for r in evaluated], "round" if start is None else "round (0: before training)"),
-        ("flops", [r.cumulative_flops for r in evaluated], "cumulative forward FLOPs (all clients)"),
+        ("flops", [r.cumulative_flops / 1e12 for r in evaluated], "cumulative forward TFLOPs (all clients)"),
         ("bytes", [cumulative_bytes[r.round] for r in evaluated], "cumulative bytes up + down (all clients)"),
     )
     lines = [(name, value) for name, value in references if value is not None]
