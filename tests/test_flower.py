@@ -319,15 +319,14 @@ def test_without_flwr_the_import_error_names_the_extra() -> None:
 
 
 # ------------------------------------------------------------------------------- Flower's simulation engine
-def test_flower_simulation_engine_matches_simulate_federation() -> None:
-    """3 clients, 2 of them per round, 2 rounds on Ray: the same log and bit-identical weights as the simulator."""
+def run_on_flower_engine(cfg: Any, num_supernodes: int, wait_for_nodes: float) -> flower.FlowerFederation:
+    """Run ``cfg`` on Flower's simulation engine (Ray) and return the server side of it."""
     from flwr.simulation import run_simulation
 
-    cfg = fed_config()
     federations: list[flower.FlowerFederation] = []
 
     def build(context: Context) -> flower.FlowerFederation:
-        federations.append(server_side(cfg, wait_for_nodes=60))
+        federations.append(server_side(cfg, wait_for_nodes=wait_for_nodes))
         return federations[-1]
 
     # One Ray actor (one CPU) runs every client in turn, like the simulator's single replica; Ray's own
@@ -335,9 +334,15 @@ def test_flower_simulation_engine_matches_simulate_federation() -> None:
     backend = {"init_args": {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024, "logging_level": "ERROR",
                              "log_to_driver": True},
                "client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
-    run_simulation(flower.make_server_app(build), client_app(), num_supernodes=NUM_CLIENTS, backend_config=backend)
-
+    run_simulation(flower.make_server_app(build), client_app(), num_supernodes=num_supernodes, backend_config=backend)
     (federation,) = federations
+    return federation
+
+
+def test_flower_simulation_engine_matches_simulate_federation() -> None:
+    """3 clients, 2 of them per round, 2 rounds on Ray: the same log and bit-identical weights as the simulator."""
+    cfg = fed_config()
+    federation = run_on_flower_engine(cfg, NUM_CLIENTS, wait_for_nodes=60)
     reference, reference_rounds = simulated(cfg)
     assert federation.server.completed_round == cfg.rounds - 1
     # Checked first: a client that Ray could not start in time (a loaded machine) is dropped for its round,

@@ -9,15 +9,14 @@ import pytest
 
 pytest.importorskip("flwr")
 
-from flwr.app import Context
 
-from hf_fedzo.integrations import flower
 from tests.test_flower import (
     NUM_CLIENTS,
     LocalGrid,
     assert_same_weights,
     client_app,
     fed_config,
+    run_on_flower_engine,
     server_side,
     simulated,
     task_identity,  # noqa: F401 (a fixture)
@@ -57,20 +56,8 @@ def test_a_node_reported_budget_is_used_and_a_bad_one_ignores_the_node(task_iden
 
 
 def test_flower_simulation_engine_matches_the_simulator_on_a_heterogeneous_run() -> None:
-    from flwr.simulation import run_simulation
-
     cfg = fed_config(rounds=2, **HETERO)
-    federations: list[flower.FlowerFederation] = []
-
-    def build(context: Context) -> flower.FlowerFederation:
-        federations.append(server_side(cfg, wait_for_nodes=180))
-        return federations[-1]
-
-    backend = {"init_args": {"num_cpus": 1, "object_store_memory": 80 * 1024 * 1024, "logging_level": "ERROR",
-                             "log_to_driver": True},
-               "client_resources": {"num_cpus": 1, "num_gpus": 0.0}}
-    run_simulation(flower.make_server_app(build), client_app(), num_supernodes=cfg.num_clients, backend_config=backend)
-    (federation,) = federations
+    federation = run_on_flower_engine(cfg, cfg.num_clients, wait_for_nodes=180)
     reference, reference_rounds = simulated(cfg)
     assert all(not r.unreachable and not r.unanswered and not r.failed and not r.rejected
                for r in federation.result.rounds), federation.result.rounds
