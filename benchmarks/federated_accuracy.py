@@ -247,7 +247,8 @@ def _in_worker(kind: str, setup: Setup, arm_name: str, seed: int, lr: float, out
 # ---------------------------------------------------------------- the queue (runs are reused when finished)
 
 def _setup_key(setup: Setup) -> dict[str, Any]:
-    return dataclasses.asdict(setup)
+    """The setup as it reads back from JSON (tuples become lists), so a saved run is recognised."""
+    return json.loads(json.dumps(dataclasses.asdict(setup)))
 
 
 def _run_dir(output: Path, arm: str, lr: float, seed: int) -> Path:
