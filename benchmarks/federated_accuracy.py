@@ -421,7 +421,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 reference=[("zero-shot", zero_shot), ("majority class", majority)], min_yspan=0.1,
                 y_bounds=(0.0, 1.0), xlabel="cumulative forward TFLOPs (all clients)",
                 ylabel=f"validation accuracy ({setup.eval_samples} sentences)",
-                title=f"SmolLM2-135M-Instruct on VADER: mean ± std over {len(seeds)} seeds, tuned step sizes")
+                title=f"{Path(setup.model).name} on VADER\n"
+                      f"mean ± std over {len(seeds)} seeds, step sizes tuned on validation")
     report = {"setup": _setup_key(setup), "zero_shot_accuracy": zero_shot, "chosen_lr": chosen,
               "gain_costs": gains, "compute_to_accuracy": c2a,
               "runs": [dict(r) for r in by_run.values()], "tuning": [dict(r) for r in tuned.values()],
