@@ -143,10 +143,10 @@ def print_tables(report: Mapping[str, Any], headline: str) -> None:
 
 
 def plot(report: Mapping[str, Any], path: Path) -> None:
-    from hf_fedzo.reporting import plot_curves
+    from hf_fedzo.reporting import draw_curves
 
     rows = report["estimators"]  # every curve starts at (0, 0): no estimate yet, no direction
-    plot_curves(path, {k: ([0.0] + [f / 1e9 for f in v["curve"]["flops"]], [0.0, *v["curve"]["cos"]])
+    draw_curves(path, {k: ([0.0] + [f / 1e9 for f in v["curve"]["flops"]], [0.0, *v["curve"]["cos"]])
                        for k, v in rows.items()},
                 bands={k: [0.0, *v["curve"]["cos_se"]] for k, v in rows.items()},
                 xlabel="forward GFLOPs spent on one batch (engine count)",

@@ -382,7 +382,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         parser.error(f"--arms must include {' and '.join(HEADLINE)} (the last line compares them)")
 
     from hf_fedzo.data import load_task_dataset, smollm2_path
-    from hf_fedzo.reporting import plot_curves, write_json
+    from hf_fedzo.reporting import draw_curves, write_json
     from hf_fedzo.tasks import majority_rate
 
     setup = Setup(model=args.model_name_or_path or str(smollm2_path()), eval_samples=args.eval_samples,
@@ -416,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     labels = {arm: f"{ARMS[arm].label}, lr {chosen[arm]:g}" for arm in lora}
     curves = mean_curves(by_run, labels, seeds, setup.budget_tflops)
     majority = majority_rate(load_task_dataset("vader")["validation"].select(range(setup.eval_samples))["label"])
-    plot_curves(figures / "compute_to_accuracy.png", {k: (g, m) for k, (g, m, _) in curves.items()},
+    draw_curves(figures / "compute_to_accuracy.png", {k: (g, m) for k, (g, m, _) in curves.items()},
                 bands={k: s for k, (_, _, s) in curves.items()},
                 reference=[("zero-shot", zero_shot), ("majority class", majority)], min_yspan=0.1,
                 y_bounds=(0.0, 1.0), xlabel="cumulative forward TFLOPs (all clients)",

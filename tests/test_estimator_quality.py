@@ -13,7 +13,7 @@ from benchmarks import estimator_fit
 from benchmarks import estimator_quality as eq
 from benchmarks.estimator_fit import compare, crossing_ratio, fit_f0, flops_at, jackknife, mean_curve, predicted_f0
 from hf_fedzo.engine import ZOEstimator, ZOOptimizer
-from hf_fedzo.reporting import write_json
+from hf_fedzo.reporting import plots_available, write_json
 from tests.tiny_models import llama, random_batch, seeded
 
 
@@ -158,14 +158,14 @@ def test_whole_measurement_on_a_tiny_model(monkeypatch: pytest.MonkeyPatch, tmp_
     estimator_fit.print_tables(report, "MeZO")
     assert "estimator-quality winner" in capsys.readouterr().out
     estimator_fit.plot(report, tmp_path / "plot.png")
-    assert (tmp_path / "plot.png").stat().st_size > 0
+    assert (tmp_path / "plot.png").exists() == plots_available()  # a core install skips the figure only
     # --report_only rebuilds tables, plots and the last line from the saved report.
     write_json(tmp_path / "report.json", {"headline": {"p1": 1, "p2": 4, "split": 0.5}, "reports": {"full": report}})
     eq.main(["--report_only", "--output_dir", str(tmp_path)])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     ratio = rows["FedSPZO (P1=1, P2=4, split 2/4)"]["ratio"]
     assert last == f"estimator quality: FLOPs ratio MeZO/FedSPZO at equal cosine: lora nan, full {ratio:.2f}"
-    assert (tmp_path / "estimator_quality_full.png").is_file()
+    assert (tmp_path / "estimator_quality_full.png").is_file() == plots_available()
     with pytest.raises(SystemExit):
         eq.main(["--report_only", "--output_dir", str(tmp_path / "missing")])
 
