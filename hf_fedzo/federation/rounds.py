@@ -211,7 +211,8 @@ class RoundPace:
     def eval_line(self, record: RoundRecord) -> str:
         """The evaluation that followed a round's line (its first metric, or every one when none is known)."""
         metrics = record.eval or {}
-        shown = [m for m in METRICS if m in metrics][:1] or list(metrics)
-        values = " | ".join(f"eval {name} {metrics[name]:.4f}" for name in shown)
+        numeric = {name: value for name, value in metrics.items() if isinstance(value, int | float)}
+        shown = [m for m in METRICS if m in numeric][:1] or list(numeric)
+        values = " | ".join(f"eval {name} {numeric[name]:.4f}" for name in shown) or "evaluated"
         return f"{self.config.method} round {record.round + 1} | {values} | elapsed " \
                f"{format_duration(time.perf_counter() - self.started)}"
