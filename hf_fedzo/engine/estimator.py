@@ -112,8 +112,7 @@ class ZOEstimator:
         """Layers of the stack below every active tensor (0 when nothing is restricted or a pre-stack one is active)."""
         if self.active is None or self.plan is None or not self.active:
             return 0
-        first = min(self.plan.positions.get(i, -1) for i in self.active)
-        return max(0, min(first, self.plan.num_layers - 1))
+        return min(self.plan.first_layer(self.active), self.plan.num_layers - 1)
 
     # ------------------------------------------------------------------------------------- estimate
     @torch.no_grad()

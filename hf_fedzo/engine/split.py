@@ -10,7 +10,7 @@ itself: nothing architecture-specific is re-implemented here.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,9 +128,19 @@ class SplitPlan:
     layer_flops: list[int] = field(default_factory=list)
     pre_flops: int = 0
     post_flops: int = 0
-    first_trainable_layer: int = 0  # layers below it hold nothing trainable (a frozen prefix); 0 when none
     # Where each trainable tensor (by index) sits: -1 before the stack, i in layer i, num_layers after it.
     positions: dict[int, int] = field(default_factory=dict)
+
+    def first_layer(self, indices: Iterable[int] | None = None) -> int:
+        """The first layer holding one of the trainable tensors ``indices`` (default: all): the layers below it
+        are frozen. 0 when one of them sits before the stack."""
+        chosen = self.positions.values() if indices is None else [self.positions.get(i, -1) for i in indices]
+        return max(0, min(chosen, default=0))
+
+    @property
+    def first_trainable_layer(self) -> int:
+        """Layers below it hold nothing trainable (a frozen prefix); 0 when there is none."""
+        return self.first_layer()
 
     @property
     def parameters(self) -> list[IndexedParameter]:
@@ -311,8 +321,7 @@ def build_plan(
     positions = {i: -1 if owners & ran_before_stack else min((layer_of[o] for o in owners if o in layer_of),
                                                               default=len(layers)) for i, owners in owners_of.items()}
     plan = SplitPlan(path, len(layers), None, [], [], layer_flops=layer_costs, pre_flops=costs["pre"],
-                     post_flops=costs["post"], first_trainable_layer=max(0, min(positions.values(), default=0)),
-                     positions=positions)
+                     post_flops=costs["post"], positions=positions)
     plan.split_index = choose_split(split, plan, p2)
     if plan.split_index is not None and not split_ok:
         raise UnsupportedModelError(
