@@ -234,8 +234,8 @@ def test_federated_run_with_another_prompt_is_never_resumed(assets: dict[str, Pa
 
 
 def test_lora_last_layers_adapts_only_the_top_of_the_stack() -> None:
-    from hf_fedzo.runs import ModelArguments
-    from hf_fedzo.runs.models import apply_peft
+    from hf_fedzo.runs import ModelArguments, run_recipe
+    from hf_fedzo.runs.models import ModelArgumentError, apply_peft
     from tests.tiny_models import LAYERS
 
     args = ModelArguments(model_name_or_path="tiny", peft="lora", lora_target_modules=["q_proj", "v_proj"],
@@ -244,5 +244,7 @@ def test_lora_last_layers_adapts_only_the_top_of_the_stack() -> None:
     adapted = {int(name.split(".layers.")[1].split(".")[0]) for name, p in model.named_parameters() if p.requires_grad}
     assert adapted == {LAYERS - 2, LAYERS - 1}
     too_many = ModelArguments(model_name_or_path="tiny", peft="lora", lora_last_layers=LAYERS + 1)
-    with pytest.raises(ValueError, match="--lora_last_layers must be in"):
+    with pytest.raises(ModelArgumentError, match="--lora_last_layers must be in"):
         apply_peft(llama(), too_many, "causal")
+    with pytest.raises(SystemExit, match="2"):  # the script entry: one line, no traceback
+        run_recipe(lambda argv: apply_peft(llama(), too_many, "causal"))

@@ -9,7 +9,7 @@ from typing import Any
 
 from hf_fedzo.data import AssetNotFoundError, DataError, DatasetUnavailableError
 from hf_fedzo.federation.integrity import StateFileError
-from hf_fedzo.runs.models import ModelUnavailableError
+from hf_fedzo.runs.models import ModelArgumentError, ModelUnavailableError
 
 
 def run_recipe(main: Callable[[list[str] | None], Any], argv: list[str] | None = None) -> None:
@@ -19,7 +19,7 @@ def run_recipe(main: Callable[[list[str] | None], Any], argv: list[str] | None =
     """
     try:
         main(argv)
-    except (ModelUnavailableError, DatasetUnavailableError, AssetNotFoundError, DataError, StateFileError,
-            FileNotFoundError) as err:  # a --*_file that does not exist is a flag error too
+    except (ModelUnavailableError, ModelArgumentError, DatasetUnavailableError, AssetNotFoundError, DataError,
+            StateFileError, FileNotFoundError) as err:  # a --*_file that does not exist is a flag error too
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

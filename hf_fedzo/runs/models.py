@@ -20,6 +20,10 @@ class ModelUnavailableError(OSError):
     """A model or tokenizer is neither a local folder nor reachable on the Hub (offline, no cache)."""
 
 
+class ModelArgumentError(ValueError):
+    """A model flag that does not fit the model it names (known only once the model is loaded)."""
+
+
 def _local_hint(kind: ModelKind) -> str:
     """A concrete offline model the user already has (or can get), so the error names a real path."""
     if kind != "causal":
@@ -100,7 +104,7 @@ def _wrap(model: nn.Module, model_args: ModelArguments, kind: ModelKind) -> nn.M
     if model_args.lora_last_layers is not None:
         total = model.config.num_hidden_layers
         if not 1 <= model_args.lora_last_layers <= total:
-            raise ValueError(f"--lora_last_layers must be in [1, {total}] for this model "
+            raise ModelArgumentError(f"--lora_last_layers must be in [1, {total}] for this model "
                              f"(got {model_args.lora_last_layers})")
         layers = list(range(total - model_args.lora_last_layers, total))
     config = LoraConfig(
