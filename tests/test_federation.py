@@ -116,7 +116,8 @@ def test_config_errors_name_the_field() -> None:
     for kwargs, name in [({"clients_per_round": 9}, "clients_per_round"), ({"dropout": 1.0}, "dropout"),
                          ({"method": "sgd"}, "method"), ({"partition": "zipf"}, "partition"),
                          ({"aggregation": "median", "per_client_seeds": True}, "aggregation='median'"),
-                         ({"zo_eps": 0.0}, "zo_eps"), ({"local_steps": 0}, "local_steps")]:
+                         ({"zo_eps": 0.0}, "zo_eps"), ({"local_steps": 0}, "local_steps"),
+                         ({"server_lr": 0.0}, "server_lr"), ({"server_lr": 2.0, "method": "fedavg"}, "server_lr")]:
         with pytest.raises(ValueError, match=name):
             config(**kwargs)
     assert config(method="mezo").round_settings().zo.split == "none"
@@ -164,6 +165,32 @@ def test_mean_of_client_updates_equals_the_aggregated_replay() -> None:
                 z = estimator.applier.direction(parameter, direction_seed(seed, BLOCK2, 0, j))
                 expected -= cfg.learning_rate * weight * float(report.scalars[0, 0, j]) / 2 * z.double()
         assert torch.allclose(parameter.tensor.double(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("per_client_seeds", [False, True])
+def test_server_lr_scales_the_applied_step_and_nothing_else(per_client_seeds: bool) -> None:
+    """The records carry lr · server_lr with the same scalars, so a one-step round moves the model server_lr
+    times as far; the default leaves the log, and with it the config's fingerprint, untouched."""
+    assert "server_lr" not in config().to_dict() and config(server_lr=4.0).to_dict()["server_lr"] == 4.0
+    cfg = config(local_steps=1, per_client_seeds=per_client_seeds)
+    reports = [ClientReport(0, k, 10 * (k + 1), np.random.default_rng(k).normal(size=(1, 1, 2)).astype(np.float32),
+                            1.0, 1.0) for k in range(3)]
+    plain = aggregate_round(0, reports, cfg.round_settings(), cfg.seed, shared_seeds=not per_client_seeds)
+    scaled = aggregate_round(0, reports, cfg.round_settings(), cfg.seed, shared_seeds=not per_client_seeds,
+                             server_lr=4.0)
+    assert [r.update.lr for r in plain] == [cfg.learning_rate] and [r.update.lr for r in scaled] == [4 * 5e-3]
+    assert [r.update.scalars for r in plain] == [r.update.scalars for r in scaled]
+
+    moved = {}
+    for server_lr in (1.0, 4.0):
+        model = tiny_model()
+        simulate_federation(model, batch_loss, client_data(), config(local_steps=1, rounds=1, server_lr=server_lr,
+                                                                     per_client_seeds=per_client_seeds))
+        moved[server_lr] = [(p - q).detach().double() for p, q in zip(model.parameters(), tiny_model().parameters(),
+                                                             strict=True)]
+    assert any(float(d.abs().max()) > 0 for d in moved[1.0])
+    for one, four in zip(moved[1.0], moved[4.0], strict=True):
+        assert torch.allclose(four, 4 * one, rtol=1e-3, atol=1e-7)
 
 
 # -------------------------------------------------------------------------------------------- replay

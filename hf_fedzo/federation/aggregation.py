@@ -128,13 +128,14 @@ def aggregate_round(round_id: int, reports: Sequence[ClientReport], settings: Ro
                     *, shared_seeds: bool = True, aggregation: str = "mean", weighting: str = "examples",
                     trim_fraction: float = 0.1, max_weight_ratio: float = 0.0,
                     active: Mapping[int, ActiveSet] | None = None,
-                    client_lr: Mapping[int, float] | None = None) -> list[LogRecord]:
+                    client_lr: Mapping[int, float] | None = None, server_lr: float = 1.0) -> list[LogRecord]:
     """One log record per local step; ``reports`` must be sorted by client id (the result is order-free then).
 
     With ``active`` (each client's active set; shared seeds only) the positions are grouped by the clients that
     trained them, and each group gets its own record per step: the rule applied over those clients only, with
     their weights renormalised. With ``client_lr`` a client's scalars count ``lr_k / lr`` times, so the record
-    (applied with the round's lr) moves the model by the mean of the clients' own steps.
+    (applied with the round's lr) moves the model by the mean of the clients' own steps. ``server_lr`` scales
+    the whole aggregated step (FedOpt's server learning rate): each record is applied with ``lr * server_lr``.
     """
     if not reports:
         return []
@@ -142,6 +143,8 @@ def aggregate_round(round_id: int, reports: Sequence[ClientReport], settings: Ro
         reports = [dataclasses.replace(r, scalars=(r.scalars.astype(np.float64) * (client_lr[r.client_id] / settings.lr)
                                                    ).astype(np.float32)) if client_lr[r.client_id] != settings.lr else r
                    for r in reports]
+    if server_lr != 1.0:
+        settings = dataclasses.replace(settings, lr=settings.lr * server_lr)
     if active is not None:
         return _aggregate_groups(round_id, reports, settings, scope_base, aggregation, weighting, trim_fraction,
                                  max_weight_ratio, active)

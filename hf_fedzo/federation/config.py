@@ -54,6 +54,10 @@ class FederationConfig(ZOArguments):
     local_steps: int = field(default=1, metadata={"help": "local ZO steps per sampled client per round"})
     batch_size: int = field(default=16, metadata={"help": "examples per local step"})
     learning_rate: float = field(default=1e-3, metadata={"help": "ZO learning rate (applied by every replay)"})
+    server_lr: float = field(default=1.0, metadata={
+        "help": "multiplier on each round's aggregated step (FedOpt's server learning rate; ZO methods). With "
+                "per_client_seeds the K clients' directions are independent, and server_lr=K moves the model about "
+                "as far as K sequential steps at learning_rate would, while each client's local steps stay small"})
     weight_decay: float = field(default=0.0, metadata={"help": "decoupled weight decay per update"})
     zo_eps: float = zo_field("zo_eps", default=1e-2)
     per_client_seeds: bool = field(default=False, metadata={
@@ -78,7 +82,7 @@ class FederationConfig(ZOArguments):
         "help": "stop once the clients' cumulative forward FLOPs reach this (compare methods at equal compute)"})
     fedavg_lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate of method=fedavg clients"})
     # Heterogeneous federations (hf_fedzo.federation.budgets / allocation / client_lr); left at their defaults
-    # they are not part of the config's dict, so a homogeneous run keeps its fingerprint.
+    # they are not part of the config's dict (FINGERPRINT_NEUTRAL_DEFAULTS).
     client_budgets: str | None = field(default=None, metadata={
         "help": "each client's budget: a JSON file ({'default': {...}, 'clients': {'3': {'flops_per_step': ..., "
                 "'memory_mib': ..., 'layer_fraction': ...}}}) or a profile: " + ", ".join(sorted(BUDGET_PROFILES))})
@@ -92,17 +96,22 @@ class FederationConfig(ZOArguments):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the zo_* fields
-        for name in ("learning_rate", "weight_decay", "zo_eps", "trim_fraction", "dirichlet_alpha", "dropout",
-                     "max_weight_ratio", "max_norm_ratio", "flop_budget"):
+        for name in ("learning_rate", "server_lr", "weight_decay", "zo_eps", "trim_fraction", "dirichlet_alpha",
+                     "dropout", "max_weight_ratio", "max_norm_ratio", "flop_budget"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):  # a NaN passes every range check below
                 raise ValueError(f"{name} must be a finite number (got {value})")
         for name in ("max_weight_ratio", "max_norm_ratio"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0 disables it; got {getattr(self, name)})")
+        if self.server_lr <= 0:
+            raise ValueError(f"server_lr must be > 0 (got {self.server_lr})")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0 (got {self.weight_decay})")
         METHODS.check(self.method)
+        if self.server_lr != 1.0 and METHODS[self.method].first_order:
+            raise ValueError(f"server_lr scales the ZO log's steps; method={self.method!r} is first-order "
+                             "(use fedavg_lr)")
         for name in ("num_clients", "clients_per_round", "rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
@@ -151,11 +160,13 @@ class FederationConfig(ZOArguments):
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        for name, default in HETEROGENEOUS_DEFAULTS.items():
+        for name, default in FINGERPRINT_NEUTRAL_DEFAULTS.items():
             if data[name] == default:
                 del data[name]
         return data | {"round_settings": asdict(self.round_settings())}
 
 
-HETEROGENEOUS_DEFAULTS = {"client_budgets": None, "block_allocation": "none", "zorba_min_coverage": 1,
-                          "client_lr_policy": "none"}
+# Options added after runs were already on disk: left at these defaults they are not part of the config's dict, so
+# a run that does not use them keeps its fingerprint (and resumes).
+FINGERPRINT_NEUTRAL_DEFAULTS = {"client_budgets": None, "block_allocation": "none", "zorba_min_coverage": 1,
+                                "client_lr_policy": "none", "server_lr": 1.0}

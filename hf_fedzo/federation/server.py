@@ -189,7 +189,7 @@ class FederatedServer:
                                   shared_seeds=not self.config.per_client_seeds,
                                   aggregation=self.config.aggregation, weighting=self.config.weighting,
                                   trim_fraction=self.config.trim_fraction, max_weight_ratio=weight_ratio,
-                                  active=state.active, client_lr=state.client_lr)
+                                  active=state.active, client_lr=state.client_lr, server_lr=self.config.server_lr)
         for report in self.accepted_reports():
             self.client_stats[report.client_id] = report_statistics(report.scalars, report.loss_mean)
         if self.config.zo_clip:
