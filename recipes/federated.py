@@ -76,6 +76,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = recipe_parser((ModelArguments, DataArguments, FederationConfig, RunArguments, ConsoleArguments),
                            **DEFAULTS)
     model_args, data_args, federation, run, console = parser.parse_args_into_dataclasses(args=argv)
+    methods = [federation.method, *(m for m in run.compare_with if m != "none")]
+    for method in methods[1:]:  # a setting a compared method refuses ends the run now, not after the first method
+        try:
+            dataclasses.replace(federation, method=method)
+        except ValueError as err:
+            parser.error(f"--compare_with {method}: {err}")
     configure_console(console.log_level, console.quiet)
     state = PartialState(cpu=not torch.cuda.is_available())
     threads, reason = configure_threads(console.threads)
@@ -131,7 +137,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "lora_target_modules": model_args.lora_target_modules,
                 "prompt": prompt}  # in the resume fingerprint: a run with another prompt is never reused
     curves, budget = {}, federation.flop_budget
-    methods = [federation.method, *(m for m in run.compare_with if m != "none")]
     for index, method in enumerate(methods):
         config = dataclasses.replace(federation, method=method, flop_budget=budget)
         if index and federation.flop_budget is None:  # run until the first method's compute is spent

@@ -215,7 +215,9 @@ def test_federated_compares_methods_at_equal_flops(assets: dict[str, Path], tmp_
 
 def test_bad_flags_end_in_one_error_line_naming_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for argv, named in ((["--output_dir", str(tmp_path), "--no_such_flag", "1"], "--no_such_flag"),
-                        (["--output_dir", str(tmp_path), "--dropout", "1.0"], "dropout")):
+                        (["--output_dir", str(tmp_path), "--dropout", "1.0"], "dropout"),
+                        (["--output_dir", str(tmp_path), "--server_lr", "4", "--compare_with", "fedavg"],
+                         "--compare_with fedavg: server_lr")):
         with pytest.raises(SystemExit) as exit_info:
             load_recipe("federated").main(argv)
         assert exit_info.value.code == 2
