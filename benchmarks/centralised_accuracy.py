@@ -31,18 +31,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from benchmarks.accuracy_runs import (
-    ARMS,
-    Arm,
-    Setup,
-    add_arguments,
-    build_model,
-    check_arguments,
-    run_benchmark,
-    save_final_trainable,
-    shared_task,
-    validation_rows,
-)
+from benchmarks import accuracy_runs as runs
+from benchmarks.accuracy_runs import ARMS, Arm, Setup
 from benchmarks.federated_accuracy import federation_config
 
 ZO_ARMS = tuple(name for name, arm in ARMS.items() if arm.method != "fedavg")
@@ -80,6 +70,8 @@ def curve_entries(log_history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
 def zo_config(setup: Setup, arm: Arm, seed: int, lr: float, output_dir: str) -> Any:
     """The trainer's arguments: the federated run's ZO settings, batch size and step size, a constant schedule,
     no scheduled evaluation or checkpoint (``FlopBudget`` asks for them) and no logging."""
+    import torch
+
     from hf_fedzo import ZOConfig
 
     zo = federation_config(setup, arm, seed, lr).round_settings().zo
@@ -87,7 +79,8 @@ def zo_config(setup: Setup, arm: Arm, seed: int, lr: float, output_dir: str) -> 
                     per_device_train_batch_size=setup.batch_size, seed=seed, zo_eps=zo.eps, zo_p1=zo.p1,
                     zo_p2=zo.p2, zo_split=zo.split, zo_perturbation=zo.perturbation, zo_difference=zo.difference,
                     zo_layers_path=zo.layers_path, eval_strategy="no", save_strategy="no", save_total_limit=1,
-                    logging_strategy="no", report_to="none", disable_tqdm=True)
+                    logging_strategy="no", report_to="none", disable_tqdm=True,
+                    dataloader_pin_memory=torch.cuda.is_available())  # no warning per run on a CPU machine
 
 
 def run_arm(setup: Setup, arm: Arm, seed: int, lr: float, output_dir: str, zero_shot: float) -> dict[str, Any]:
@@ -100,13 +93,13 @@ def run_arm(setup: Setup, arm: Arm, seed: int, lr: float, output_dir: str, zero_
     from hf_fedzo.trainer import last_complete_checkpoint
 
     started = time.perf_counter()
-    task, raw = shared_task(setup)
-    validation = validation_rows(setup)
+    task, raw = runs.shared_task(setup)
+    validation = runs.validation_rows(setup)
 
     def evaluate(model: Any) -> float:
         return float(task.evaluate(model, validation, batch_size=32)["accuracy"])
 
-    trainer = ZOSplitTrainer(model=build_model(setup, arm, seed), args=zo_config(setup, arm, seed, lr, output_dir),
+    trainer = ZOSplitTrainer(model=runs.build_model(setup, arm, seed), args=zo_config(setup, arm, seed, lr, output_dir),
                              train_dataset=task.preprocess_dataset(raw["train"]), **task.trainer_kwargs())
     trainer.remove_callback(PrinterCallback)  # no dict per log line in the queue's output
     trainer.add_callback(FlopBudget(lambda: trainer.zo_work.flops, setup.budget_tflops * 1e12,
@@ -118,7 +111,7 @@ def run_arm(setup: Setup, arm: Arm, seed: int, lr: float, output_dir: str, zero_
         diverged = str(err)
         trainer.state.log_history.append({"step": trainer.state.global_step, "forward_flops": trainer.zo_work.flops,
                                           EVALUATION: evaluate(trainer.model)})
-    save_final_trainable(trainer.model, output_dir)
+    runs.save_final_trainable(trainer.model, output_dir)
     evaluated = curve_entries(trainer.state.log_history)
     return {
         "arm": arm.name, "seed": seed, "lr": lr, "steps": trainer.state.global_step,
@@ -130,7 +123,7 @@ def run_arm(setup: Setup, arm: Arm, seed: int, lr: float, output_dir: str, zero_
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser, "out/benchmarks/centralised_accuracy", ZO_ARMS, DEFAULT_ARMS)
+    runs.add_arguments(parser, "out/benchmarks/centralised_accuracy", ZO_ARMS, DEFAULT_ARMS)
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: seeds {QUICK['seeds']}, {QUICK['budget_fraction']:g} of the budget and of "
                              f"the evaluation interval, {QUICK['eval_samples']} validation and "
@@ -142,8 +135,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.eval_every_tflops *= QUICK["budget_fraction"]
         if args.output_dir == parser.get_default("output_dir"):
             args.output_dir = str(Path(args.output_dir) / "quick")
-    check_arguments(parser, args)
-    return run_benchmark(args, run_arm, headline="centralised compute to accuracy",
+    runs.check_arguments(parser, args)
+    return runs.run_benchmark(args, run_arm, headline="centralised compute to accuracy",
                          xlabel="cumulative forward TFLOPs (one trainer, pooled data)")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from benchmarks.accuracy_runs import ARMS, Setup, run_dir
-from benchmarks.centralised_accuracy import main, zo_config
+from benchmarks.centralised_accuracy import main, run_arm, zo_config
 from benchmarks.federated_accuracy import federation_config
 from hf_fedzo.data.assets import ASSETS, write_manifest
 from tests.asset_fixtures import make_fake_vader_sdist
@@ -72,3 +73,22 @@ def test_the_benchmark_runs_end_to_end_and_stops_at_the_budget(
     saved = json.loads((run_dir(out, "mezo", chosen, 1) / "curve.json").read_text())
     assert saved["result"]["curve"] == next(r["curve"] for r in runs if r["arm"] == "mezo" and r["seed"] == 1)
     assert main([*argv, "--report_only"])["compute_to_accuracy"] == report["compute_to_accuracy"]
+
+
+def test_an_interrupted_run_resumes_from_its_last_evaluation(tiny_assets: Path, tmp_path: Path) -> None:
+    """A run stopped at a smaller budget leaves a checkpoint; the same run at the full budget continues from it
+    (the curve so far and the FLOP counters come back with it) and ends exactly where an uninterrupted run ends."""
+    # The first budget ends on an evaluation of the cadence, as a kill after a checkpoint would.
+    setup = Setup(model=str(tiny_assets), eval_samples=8, test_samples=None, budget_tflops=2 * EVAL_EVERY_TFLOPS,
+                  eval_every_tflops=EVAL_EVERY_TFLOPS)
+    resumed, fresh = tmp_path / "resumed", tmp_path / "fresh"
+    first = run_arm(setup, ARMS["mezo"], 1, 5e-3, str(resumed), 0.5)
+    assert any(p.name.startswith("checkpoint-") for p in resumed.iterdir())
+    full = dataclasses.replace(setup, budget_tflops=BUDGET_TFLOPS)
+    second = run_arm(full, ARMS["mezo"], 1, 5e-3, str(resumed), 0.5)
+    uninterrupted = run_arm(full, ARMS["mezo"], 1, 5e-3, str(fresh), 0.5)
+    assert second["curve"][:len(first["curve"])] == first["curve"]
+    assert second["curve"] == uninterrupted["curve"] and second["steps"] == uninterrupted["steps"] > first["steps"]
+    ends = [torch.load(folder / "final_trainable.pt") for folder in (resumed, fresh)]
+    assert ends[0].keys() == ends[1].keys() and all(torch.equal(ends[0][k], ends[1][k]) for k in ends[0])
+    assert any(k.endswith("lora_B.default.weight") and v.abs().sum() > 0 for k, v in ends[0].items())  # it trained
