@@ -1,0 +1,378 @@
+"""What the compute-to-accuracy benchmarks share, federated (``federated_accuracy``) and centralised
+(``centralised_accuracy``): the arms and the setup, the resumable store of finished runs and the queue that fills
+it, the stages (tune the step size, more seeds, test once) and the report.
+
+A benchmark supplies one ``train(setup, arm, seed, lr, output_dir, zero_shot) -> run`` function (a module-level
+function, so worker processes can import it) whose run has a ``curve`` of (forward TFLOPs, validation accuracy)
+points starting at zero-shot, a ``final_accuracy`` and ``total_tflops``, and which leaves the final trainable
+tensors in ``output_dir/final_trainable.pt`` for the test stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from benchmarks.curves import (
+    choose_lr,
+    compute_to_accuracy,
+    gain_costs,
+    mean_accuracy,
+    mean_curves,
+    standard_error,
+)
+
+PROMPT = "Review: {sentence}\nSentiment:{label}"
+LABEL_WORDS = (" negative", " positive")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One method configuration and its step-size grid; the remaining knobs are the Setup's."""
+
+    name: str
+    method: str
+    lr_grid: tuple[float, ...]
+    zo_p2: int = 1
+    zo_split: str = "none"
+    zo_p1: int = 1
+    peft: str = "lora"
+    lora_last_layers: int | None = None
+    zo_eps: float | None = None  # None: the Setup's
+
+    @property
+    def label(self) -> str:
+        where = "" if self.lora_last_layers is None else f", LoRA top {self.lora_last_layers}"
+        where += ", full weights" if self.peft == "none" else ""
+        if self.method == "fedavg":
+            return f"FedAvg (AdamW, first order{where})"
+        if self.method == "mezo":
+            return f"MeZO (P=1, no split{where})"
+        if self.method == "nspsa":
+            return f"n-SPSA (P={self.zo_p2}, no split{where})"
+        return f"FedSPZO (P1={self.zo_p1}, P2={self.zo_p2}, split {self.zo_split}{where})"
+
+
+ZO_GRID = (2e-3, 5e-3, 1e-2)
+ARMS: dict[str, Arm] = {arm.name: arm for arm in (
+    Arm("mezo", "mezo", ZO_GRID),
+    Arm("nspsa", "nspsa", ZO_GRID, zo_p2=4),
+    Arm("fedspzo", "fedspzo", ZO_GRID, zo_p2=4, zo_split="0.9"),  # the library default
+    # The estimator-quality winner (docs/benchmarks.md): P2 = 2 at the last layer.
+    Arm("fedspzo-p2-2", "fedspzo", ZO_GRID, zo_p2=2, zo_split="0.97"),
+    # LoRA on the top 8 layers: the frozen prefix runs once per step, so each direction costs ~C2, not ~C.
+    Arm("mezo-top8", "mezo", ZO_GRID, lora_last_layers=8),
+    Arm("fedspzo-top8", "fedspzo", ZO_GRID, zo_p2=4, zo_split="auto", lora_last_layers=8),
+    Arm("fedavg", "fedavg", (1e-4, 3e-4, 1e-3)),
+    # Split placement (not in the default queue): the split layer at P2 = 4, then P2 at the default split.
+    Arm("fedspzo-split15", "fedspzo", ZO_GRID, zo_p2=4, zo_split="15"),
+    Arm("fedspzo-p2-8", "fedspzo", ZO_GRID, zo_p2=8, zo_split="0.9"),
+    Arm("mezo-full", "mezo", (1e-6, 3e-6, 1e-5), peft="none", zo_eps=1e-3),
+    Arm("fedspzo-full", "fedspzo", (1e-6, 3e-6, 1e-5), zo_p2=4, zo_split="0.9", peft="none", zo_eps=1e-3),
+)}
+LORA_ARMS = ("mezo", "nspsa", "fedspzo", "fedspzo-p2-2", "mezo-top8", "fedspzo-top8", "fedavg")
+FULL_ARMS = ("mezo-full", "fedspzo-full")
+HEADLINE = ("mezo", "fedspzo")  # the last line: MeZO's FLOPs over FedSPZO's, to MeZO's final accuracy
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every arm shares: model, prompt, data, federation shape and budget (a centralised run uses the
+    batch size and budget, and no federation)."""
+
+    model: str
+    eval_samples: int
+    test_samples: int | None
+    budget_tflops: float
+    eval_every_tflops: float
+    num_clients: int = 8
+    clients_per_round: int = 4
+    local_steps: int = 4
+    batch_size: int = 8
+    zo_eps: float = 1e-2
+    dirichlet_alpha: float = 0.5
+    lora_r: int = 8
+    max_length: int = 64
+    prompt: str = PROMPT
+    label_words: tuple[str, ...] = LABEL_WORDS
+
+
+Train = Callable[[Setup, Arm, int, float, str, float], dict[str, Any]]
+
+
+# ---------------------------------------------------------------- what a run loads (in a worker process)
+
+@cache
+def shared_task(setup: Setup) -> tuple[Any, Any]:
+    """Task and VADER splits, loaded once per worker process."""
+    from hf_fedzo.data import load_task_dataset
+    from hf_fedzo.runs import ModelArguments, load_tokenizer
+    from hf_fedzo.tasks import LabelWordTask, PromptTemplate
+
+    tokenizer = load_tokenizer(ModelArguments(model_name_or_path=setup.model), kind="causal")
+    task = LabelWordTask(tokenizer, PromptTemplate(setup.prompt, truncate=("sentence",)), setup.label_words,
+                         "causal", max_length=setup.max_length, name="vader-sentiment")
+    return task, load_task_dataset("vader")
+
+
+def validation_rows(setup: Setup) -> Any:
+    """The validation sentences every evaluation scores."""
+    return shared_task(setup)[1]["validation"].select(range(setup.eval_samples))
+
+
+def build_model(setup: Setup, arm: Arm, seed: int) -> Any:
+    import torch
+
+    from hf_fedzo.runs import ModelArguments, load_model
+
+    torch.manual_seed(seed)  # the LoRA initialisation, as the federated recipe does
+    args = ModelArguments(model_name_or_path=setup.model, peft=arm.peft, lora_r=setup.lora_r,
+                          lora_alpha=2 * setup.lora_r, lora_target_modules=["q_proj", "v_proj"],
+                          lora_last_layers=arm.lora_last_layers)
+    return load_model(args, "causal")
+
+
+def save_final_trainable(model: Any, output_dir: str | Path) -> None:
+    """The trainable tensors the test stage scores (``score_on_test``)."""
+    import torch
+
+    torch.save({n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+               Path(output_dir) / "final_trainable.pt")
+
+
+def score_on_test(setup: Setup, arm: Arm, seed: int, lr: float, output_dir: str) -> dict[str, Any]:
+    """The final model of a finished run scored once on the test sentences."""
+    import torch
+
+    task, raw = shared_task(setup)
+    test = raw["test"].select(range(min(setup.test_samples or len(raw["test"]), len(raw["test"]))))
+    model = build_model(setup, arm, seed)
+    final = torch.load(Path(output_dir) / "final_trainable.pt")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(final) != trainable:
+        raise RuntimeError(f"{output_dir}/final_trainable.pt does not hold this arm's trainable tensors")
+    model.load_state_dict(final, strict=False)
+    metrics = task.evaluate(model, test, batch_size=32)
+    return {"arm": arm.name, "seed": seed, "lr": lr, "examples": len(test), **metrics,
+            "standard_error": standard_error(metrics["accuracy"], len(test))}
+
+
+def run_job(train: Train, kind: str, setup: Setup, arm_name: str, seed: int, lr: float, output_dir: str,
+            zero_shot: float, threads: int | None) -> dict[str, Any]:
+    """One queued job, in this process or a worker: ``train`` (kind "curve") or ``score_on_test`` ("test")."""
+    import torch
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if threads:
+        torch.set_num_threads(threads)
+    if kind == "test":
+        return score_on_test(setup, ARMS[arm_name], seed, lr, output_dir)
+    return train(setup, ARMS[arm_name], seed, lr, output_dir, zero_shot)
+
+
+# ---------------------------------------------------------------- the queue (runs are reused when finished)
+
+def setup_key(setup: Setup) -> dict[str, Any]:
+    """The setup as it reads back from JSON (tuples become lists), so a saved run is recognised."""
+    return json.loads(json.dumps(dataclasses.asdict(setup)))
+
+
+def run_dir(output: Path, arm: str, lr: float, seed: int) -> Path:
+    return output / arm / f"lr{lr:g}" / f"seed{seed}"
+
+
+def saved_result(path: Path, setup: Setup) -> dict[str, Any] | None:
+    """The JSON at ``path`` when it was written for these settings (else ``None``)."""
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return saved["result"] if saved.get("setup") == setup_key(setup) else None
+
+
+def run_queue(kind: str, setup: Setup, jobs: Sequence[tuple[str, int, float]], output: Path, workers: int,
+              zero_shot: float, train: Train) -> dict[tuple[str, int, float], dict[str, Any]]:
+    """Run (or reuse) every (arm, seed, lr) job; ``kind`` is "curve" (``train``) or "test" (scoring)."""
+    from tqdm.auto import tqdm
+
+    from hf_fedzo.reporting import write_json
+
+    results, pending = {}, []
+    for job in jobs:
+        saved = saved_result(run_dir(output, job[0], job[2], job[1]) / f"{kind}.json", setup)
+        if saved is None:
+            pending.append(job)
+        else:
+            results[job] = saved
+    if not pending:
+        return results
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    bar = tqdm(total=len(pending), desc=f"{kind} jobs ({len(results)} reused)", unit="run")
+    started = time.perf_counter()
+
+    def keep(job: tuple[str, int, float], result: dict[str, Any]) -> None:
+        write_json(run_dir(output, job[0], job[2], job[1]) / f"{kind}.json",
+                   {"setup": setup_key(setup), "result": result})
+        results[job] = result
+        bar.update()
+        bar.write(f"[{time.perf_counter() - started:6.0f} s] {kind} {job[0]:<14} lr {job[2]:<7g} seed {job[1]:<5} "
+                  f"accuracy {result.get('final_accuracy', result.get('accuracy')):.4f}")
+
+    args = [(train, kind, setup, arm, seed, lr, str(run_dir(output, arm, lr, seed)), zero_shot, threads)
+            for arm, seed, lr in pending]
+    if workers <= 1:
+        for job, a in zip(pending, args, strict=True):
+            keep(job, run_job(*a))
+    else:
+        import multiprocessing
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(run_job, *a): job for job, a in zip(pending, args, strict=True)}
+            for future in as_completed(futures):
+                keep(futures[future], future.result())
+    bar.close()
+    return results
+
+
+def validation_zero_shot(setup: Setup, output: Path) -> float:
+    from hf_fedzo.reporting import write_json
+
+    path = output / "zero_shot.json"
+    if (saved := saved_result(path, setup)) is not None:
+        return saved["accuracy"]
+    task, _ = shared_task(setup)
+    accuracy = float(task.evaluate(build_model(setup, ARMS["mezo"], 0), validation_rows(setup),
+                                   batch_size=32)["accuracy"])
+    write_json(path, {"setup": setup_key(setup), "result": {"accuracy": accuracy}})
+    return accuracy
+
+
+# ---------------------------------------------------------------- report
+
+def print_report(setup: Setup, zero_shot: float, chosen: Mapping[str, float], by_run: Mapping[tuple[str, int], Any],
+                 tests: Mapping[tuple[str, int], Any], gains: Mapping[str, Any], c2a: Mapping[str, Any],
+                 seeds: Sequence[int], headline: str = "compute to accuracy") -> None:
+    print(f"\nvalidation: {setup.eval_samples} sentences, zero-shot {zero_shot:.4f}; budget "
+          f"{setup.budget_tflops:g} forward TFLOPs per run; seeds {', '.join(map(str, seeds))}")
+    print(f"\nstep sizes chosen on validation (first seed):\n{'arm':<44} {'grid':<22} {'chosen':>8}")
+    for arm, lr in chosen.items():
+        print(f"{ARMS[arm].label:<44} {' '.join(f'{g:g}' for g in ARMS[arm].lr_grid):<22} {lr:>8g}")
+    fractions = gains["fractions"]
+    print("\nmean validation accuracy over the budget (area under the curve / budget; accuracy per FLOP spent)")
+    for arm in gains["arms"]:
+        runs = [by_run[arm, s] for s in seeds]
+        area = statistics.fmean(mean_accuracy(r["curve"], setup.budget_tflops) for r in runs)
+        print(f"{ARMS[arm].label:<44} {area:.4f}   final {statistics.fmean(r['final_accuracy'] for r in runs):.4f}")
+    print(f"\nFLOPs (TFLOPs, mean ± std over seeds) to reach {'/'.join(f'{f:.0%}' for f in fractions)} of the best "
+          f"arm's validation gain ({ARMS[gains['best']].label}: +{gains['gain']:.4f})")
+    for arm, rows in gains["arms"].items():
+        cells = []
+        for fraction in fractions:
+            row = rows[str(fraction)]
+            cost = row["flops"]
+            reached = f"({row['reached']}/{row['seeds']})"
+            cells.append("never" if cost is None else f"{cost[0]:.1f} ± {cost[1]:.1f} {reached}")
+        print(f"{ARMS[arm].label:<44} " + "  ".join(f"{c:>20}" for c in cells))
+    print("\ntest (each chosen run once; ± is the standard error of one measurement on that many sentences)")
+    print(f"{'arm':<44} {'seed':>5} {'accuracy':>16} {'balanced':>9} {'pred. rate 0/1':>15}")
+    for (arm, seed), m in sorted(tests.items()):
+        flag = "  <- predicts one class >= 95%" if max(m["prediction_rate_0"], m["prediction_rate_1"]) >= 0.95 else ""
+        print(f"{ARMS[arm].label:<44} {seed:>5} {m['accuracy']:>8.4f} ± {m['standard_error']:.4f} "
+              f"{m['balanced_accuracy']:>9.4f} {m['prediction_rate_0']:>7.2f}/{m['prediction_rate_1']:.2f}{flag}")
+    method = HEADLINE[1]
+    ratio = c2a["methods"][method]["ratio"]
+    n = c2a["methods"][method]["ratio_seeds"]
+    print(f"\nmethod {ARMS[method].label} reached MeZO's final accuracy on {n} of {len(seeds)} seeds")
+    value = "nan ± nan" if ratio is None else f"{ratio[0]:.2f} ± {ratio[1]:.2f}"
+    print(f"{headline}: FLOPs ratio MeZO/FedSPZO to MeZO's final accuracy {value} over {n} seeds")
+
+
+# ---------------------------------------------------------------- the whole benchmark
+
+def add_arguments(parser: argparse.ArgumentParser, output_dir: str, arms: Sequence[str],
+                  default_arms: Sequence[str]) -> None:
+    """The flags both benchmarks take."""
+    parser.add_argument("--model_name_or_path", default=None,
+                        help="SmolLM2-135M-Instruct folder (default: the one `hf-fedzo prepare-assets` made)")
+    parser.add_argument("--output_dir", default=output_dir)
+    parser.add_argument("--figures_dir", default=None, help="where the PNG plots go (default: --output_dir)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 7, 1234])
+    parser.add_argument("--arms", nargs="+", choices=sorted(arms), default=list(default_arms))
+    parser.add_argument("--budget_tflops", type=float, default=96.0, help="forward TFLOPs every run may spend")
+    parser.add_argument("--eval_every_tflops", type=float, default=12.0, help="evaluate about this often")
+    parser.add_argument("--eval_samples", type=int, default=256, help="validation sentences per evaluation")
+    parser.add_argument("--test_samples", type=int, default=None, help="test sentences (default: all 1,057)")
+    parser.add_argument("--workers", type=int, default=1, help="runs side by side (threads split)")
+    parser.add_argument("--report_only", action="store_true", help="use finished runs only; run nothing")
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for name in ("budget_tflops", "eval_every_tflops", "eval_samples", "workers"):
+        if not getattr(args, name) > 0:
+            parser.error(f"--{name} must be > 0 (got {getattr(args, name)})")
+    if not set(HEADLINE) <= set(args.arms):
+        parser.error(f"--arms must include {' and '.join(HEADLINE)} (the last line compares them)")
+
+
+def run_benchmark(args: argparse.Namespace, train: Train, *, headline: str, xlabel: str) -> dict[str, Any]:
+    """Tune, seed, test, report: the stages of the module docstrings of both benchmarks."""
+    from hf_fedzo.data import smollm2_path
+    from hf_fedzo.reporting import draw_curves, write_json
+    from hf_fedzo.tasks import majority_rate
+
+    setup = Setup(model=args.model_name_or_path or str(smollm2_path()), eval_samples=args.eval_samples,
+                  test_samples=args.test_samples, budget_tflops=args.budget_tflops,
+                  eval_every_tflops=args.eval_every_tflops)
+    output = Path(args.output_dir)
+    figures = Path(args.figures_dir) if args.figures_dir else output
+    workers = 0 if args.report_only else args.workers
+    zero_shot = validation_zero_shot(setup, output) if not args.report_only else \
+        (saved_result(output / "zero_shot.json", setup) or sys.exit(f"--report_only: no runs in {output}"))["accuracy"]
+
+    def queue(kind: str, jobs: list[tuple[str, int, float]]) -> dict[tuple[str, int, float], dict[str, Any]]:
+        if args.report_only:
+            found = {j: r for j in jobs if (r := saved_result(run_dir(output, j[0], j[2], j[1]) / f"{kind}.json",
+                                                              setup))}
+            if len(found) < len(jobs):
+                sys.exit(f"--report_only: {len(jobs) - len(found)} {kind} job(s) not finished in {output}")
+            return found
+        return run_queue(kind, setup, jobs, output, workers, zero_shot, train)
+
+    first, seeds = args.seeds[0], args.seeds
+    tuned = queue("curve", [(arm, first, lr) for arm in args.arms for lr in ARMS[arm].lr_grid])
+    chosen = {arm: choose_lr({lr: tuned[arm, first, lr] for lr in ARMS[arm].lr_grid}) for arm in args.arms}
+    lora = [arm for arm in args.arms if ARMS[arm].peft != "none"]
+    more = queue("curve", [(arm, seed, chosen[arm]) for arm in lora for seed in seeds[1:]])
+    by_run = {(arm, seed): r for (arm, seed, lr), r in {**tuned, **more}.items() if chosen[arm] == lr}
+    test_jobs = [(arm, seed, chosen[arm]) for arm, seed in by_run]
+    tests = {(arm, seed): r for (arm, seed, _), r in queue("test", test_jobs).items()}
+
+    gains = gain_costs(by_run, lora, seeds, zero_shot)
+    c2a = compute_to_accuracy(by_run, HEADLINE[0], [a for a in lora if a != HEADLINE[0]], seeds, zero_shot)
+    labels = {arm: f"{ARMS[arm].label}, lr {chosen[arm]:g}" for arm in lora}
+    curves = mean_curves(by_run, labels, seeds, setup.budget_tflops)
+    majority = majority_rate(validation_rows(setup)["label"])
+    draw_curves(figures / "compute_to_accuracy.png", {k: (g, m) for k, (g, m, _) in curves.items()},
+                bands={k: s for k, (_, _, s) in curves.items()},
+                reference=[("zero-shot", zero_shot), ("majority class", majority)], min_yspan=0.1,
+                y_bounds=(0.0, 1.0), xlabel=xlabel,
+                ylabel=f"validation accuracy ({setup.eval_samples} sentences)",
+                title=f"{Path(setup.model).name} on VADER\n"
+                      f"mean ± std over {len(seeds)} seeds, step sizes tuned on validation")
+    report = {"setup": setup_key(setup), "zero_shot_accuracy": zero_shot, "chosen_lr": chosen,
+              "gain_costs": gains, "compute_to_accuracy": c2a,
+              "runs": [dict(r) for r in by_run.values()], "tuning": [dict(r) for r in tuned.values()],
+              "test": [dict(r) for r in tests.values()]}
+    write_json(output / "report.json", report)
+    print_report(setup, zero_shot, chosen, by_run, tests, gains, c2a, seeds, headline)
+    return report
