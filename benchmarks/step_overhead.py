@@ -25,6 +25,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hf_fedzo.engine import ZOEstimator, ZOOptimizer, ZOSettings
+from hf_fedzo.engine.split import SplitExecutor, find_layer_stack
 
 
 def build_model(seed: int = 0) -> LlamaForCausalLM:
@@ -53,8 +54,10 @@ def time_setting(model: torch.nn.Module, batch: dict[str, torch.Tensor], setting
     def loss_fn() -> torch.Tensor:
         return model(**batch).loss
 
-    estimator.prepare(loss_fn)
-    executor = estimator._executor
+    plan = estimator.prepare(loss_fn)
+    # The same split the estimator uses, run on the unperturbed model (None: no split, whole forwards).
+    executor = None if plan.split_index is None else SplitExecutor(find_layer_stack(model, plan.layers_path)[1],
+                                                                    plan.split_index)
     zo_times, plain_times = [], []
     for step in range(repeats + 1):
         start = time.perf_counter()
