@@ -63,8 +63,10 @@ def _mean_zo_gradient(model: SmoothNet, settings: ZOSettings, samples: int) -> t
         ZOSettings(eps=1e-4, p1=2, p2=4, split=1),  # split perturbation
         ZOSettings(eps=1e-4, p1=2, p2=2, split=2, perturbation="rademacher"),
         ZOSettings(eps=1e-4, p1=1, p2=4, split=1, difference="forward"),
+        ZOSettings(eps=1e-4, p1=2, p2=2, split=2, perturbation="gaussian_table"),
+        ZOSettings(eps=1e-4, p1=1, p2=1, split="none", perturbation="rademacher_philox"),
     ],
-    ids=["mezo", "n-spsa", "split", "split-rademacher", "split-forward"],
+    ids=["mezo", "n-spsa", "split", "split-rademacher", "split-forward", "split-table", "mezo-philox"],
 )
 def test_mean_estimate_approaches_true_gradient(settings: ZOSettings) -> None:
     torch.manual_seed(0)

@@ -3,8 +3,10 @@
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from transformers.modeling_layers import GradientCheckpointingLayer
 
-from hf_fedzo.engine import UnsupportedModelError, find_layer_stack, trainable_parameters
+from hf_fedzo.engine import UnsupportedModelError, ZOEstimator, ZOSettings, find_layer_stack, trainable_parameters
+from hf_fedzo.engine.seeds import BLOCK1, BLOCK2, direction_seed
 from hf_fedzo.engine.split import SplitExecutor, build_plan, choose_split
 from tests.tiny_models import LAYERS, MODEL_FACTORIES, random_batch
 
@@ -18,6 +20,9 @@ EXPECTED_STACK = {
     "gpt2": "transformer.h",
     "qwen2": "model.layers",
     "mistral": "model.layers",
+    "falcon": "transformer.h",
+    "gpt_neox": "gpt_neox.layers",
+    "phi": "model.layers",
 }
 
 
@@ -51,7 +56,7 @@ def test_split_forward_equals_full_forward(name: str, lora: bool) -> None:
         torch.testing.assert_close(loss_fn(), full, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", ["llama", "gpt2", "roberta_mlm", "opt"])
+@pytest.mark.parametrize("name", ["llama", "gpt2", "roberta_mlm", "opt", "falcon"])
 def test_blocks_own_the_parameters_their_forward_uses(name: str) -> None:
     """After caching layer k's input, only block-2 (and tied) tensors can change the suffix loss."""
     torch.manual_seed(0)
@@ -148,3 +153,64 @@ def test_auto_split_puts_a_frozen_prefix_in_block1(p2: int) -> None:
     assert plan.first_trainable_layer == 0
     assert plan.split_index == choose_split("auto", plan, p2)
     assert (plan.split_index is None) == (p2 == 1)
+
+
+@pytest.mark.parametrize("name", ["falcon", "gpt_neox", "phi"])
+def test_split_zo_step_gives_the_projected_gradients_of_whole_forwards(name: str) -> None:
+    """Each scalar of a split step (block 1 cached, block 2 re-entered through skipped layers) equals the two-point
+    difference of whole forwards at θ ± ε(u_i, v_ij), rebuilt here with the same directions."""
+    torch.manual_seed(0)
+    model = MODEL_FACTORIES[name]().eval()
+    batch = random_batch(name)
+
+    def loss_fn() -> torch.Tensor:
+        return model(**batch).loss
+
+    eps, step_seed = 1e-2, 5
+    estimator = ZOEstimator(model, ZOSettings(eps=eps, p1=2, p2=2, split=2))
+    estimate = estimator.estimate(loss_fn, step_seed)
+    plan = estimator.plan
+    assert plan is not None and plan.split_index == 2
+    assert (estimate.work.forwards_block1, estimate.work.forwards_block2) == (4, 8)
+    saved = {p.index: p.tensor.detach().clone() for p in plan.parameters}
+    for i in range(2):
+        for j in range(2):
+            losses = []
+            for side in (1, -1):
+                estimator.applier.add_(plan.block1, [(direction_seed(step_seed, BLOCK1, i), side * eps)])
+                estimator.applier.add_(plan.block2, [(direction_seed(step_seed, BLOCK2, i, j), side * eps)])
+                with torch.inference_mode():
+                    losses.append(float(loss_fn()))
+                with torch.no_grad():
+                    for p in plan.parameters:
+                        p.tensor.copy_(saved[p.index])
+            expected = (losses[0] - losses[1]) / (2 * eps)
+            assert float(estimate.scalars[i, j]) == pytest.approx(expected, rel=1e-3, abs=1e-3)
+
+
+class _DictLayer(GradientCheckpointingLayer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 4)
+
+    def forward(self, hidden: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"hidden": self.proj(hidden)}
+
+
+class _DictStack(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(_DictLayer() for _ in range(3))
+
+    def forward(self) -> torch.Tensor:
+        hidden = torch.ones(2, 4)
+        for layer in self.layers:
+            hidden = layer(hidden)["hidden"]
+        return hidden.square().mean()
+
+
+def test_layers_returning_neither_tensor_nor_tuple_are_refused_only_when_splitting() -> None:
+    model = _DictStack()
+    assert build_plan(model, model, split="none", p2=4).split_index is None
+    with pytest.raises(UnsupportedModelError, match=r"_DictStack.*neither as a tensor.*zo_split='none'"):
+        build_plan(model, model, split=1, p2=4)

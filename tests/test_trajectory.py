@@ -62,6 +62,18 @@ def test_full_weights_rebuilt_bit_for_bit(tmp_path: Path, p1: int, p2: int, spli
     assert not torch.equal(rebuilt.model.norm.weight, _base().model.norm.weight)  # it did move
 
 
+@pytest.mark.parametrize("perturbation", ["gaussian_table", "rademacher_philox"])
+def test_fast_directions_rebuilt_bit_for_bit(tmp_path: Path, perturbation: str) -> None:
+    trainer = _train(tmp_path, _base(), zo_split="2", zo_perturbation=perturbation, gradient_accumulation_steps=2,
+                     per_device_train_batch_size=4)
+    trainer.save_model()
+    trajectory = load_trajectory(tmp_path / "out" / TRAJECTORY_NAME)
+    assert trajectory.settings["perturbation"] == perturbation
+    rebuilt = from_trajectory(_base(), tmp_path / "out" / TRAJECTORY_NAME)
+    _assert_same_weights(rebuilt, trainer.model)
+    assert not torch.equal(rebuilt.model.norm.weight, _base().model.norm.weight)
+
+
 def test_lora_rebuilt_from_a_plain_base(tmp_path: Path) -> None:
     trained = get_peft_model(_base(), LoraConfig(**LORA))
     trainer = _train(tmp_path, trained, zo_split="2", learning_rate=3e-2, zo_eps=1e-2)

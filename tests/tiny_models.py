@@ -15,14 +15,20 @@ from transformers import (
     BertConfig,
     BertForMaskedLM,
     BertForSequenceClassification,
+    FalconConfig,
+    FalconForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
     OPTConfig,
     OPTForCausalLM,
+    PhiConfig,
+    PhiForCausalLM,
     PreTrainedModel,
     PreTrainedTokenizerFast,
     Qwen2Config,
@@ -127,6 +133,24 @@ def mistral() -> PreTrainedModel:
         intermediate_size=64, max_position_embeddings=64, sliding_window=None)))
 
 
+def falcon() -> PreTrainedModel:
+    """Falcon's layers still return a tuple (hidden, attention weights) in transformers 5.x."""
+    return FalconForCausalLM(FalconConfig(**_common(
+        hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4, max_position_embeddings=64)))
+
+
+def gpt_neox() -> PreTrainedModel:
+    return GPTNeoXForCausalLM(GPTNeoXConfig(**_common(
+        hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64)))
+
+
+def phi() -> PreTrainedModel:
+    return PhiForCausalLM(PhiConfig(**_common(
+        hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64)))
+
+
 MODEL_FACTORIES: dict[str, Callable[[], PreTrainedModel]] = {
     "roberta_mlm": roberta_mlm,
     "roberta_cls": roberta_cls,
@@ -137,6 +161,9 @@ MODEL_FACTORIES: dict[str, Callable[[], PreTrainedModel]] = {
     "gpt2": gpt2,
     "qwen2": qwen2,
     "mistral": mistral,
+    "falcon": falcon,
+    "gpt_neox": gpt_neox,
+    "phi": phi,
 }
 
 

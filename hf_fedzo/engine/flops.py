@@ -50,8 +50,8 @@ class FlopCounter:
         # A post-hook: a layer interrupted by a capture hook, or short-circuited in block 2, did no work.
         if is_passthrough(module):
             return
-        hidden = output if isinstance(output, torch.Tensor) else output[0]
-        if hidden.dim() == 3:
+        hidden = output[0] if isinstance(output, tuple | list) and output else output
+        if isinstance(hidden, torch.Tensor) and hidden.dim() == 3:  # other outputs: the linears are counted alone
             b, t, d = hidden.shape
             self.total += 4 * b * t * t * d
 

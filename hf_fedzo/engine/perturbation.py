@@ -1,9 +1,11 @@
 """Random directions regenerated from seeds, never stored.
 
-A direction is materialised chunk by chunk (at most ``CHUNK_NUMEL`` elements at a time, each chunk
-with its own private ``torch.Generator`` seeded from (direction seed, parameter index, chunk)), so the
-extra memory of a perturbation is one chunk buffer rather than a copy of the largest weight matrix,
-and chunks can be generated in parallel. z never depends on iteration order.
+A direction is materialised chunk by chunk (at most ``CHUNK_NUMEL`` elements at a time, each chunk a pure
+function of its seed, derived from (direction seed, parameter index, chunk)), so the extra memory of a
+perturbation is one chunk buffer rather than a copy of the largest weight matrix, and chunks can be generated in
+parallel. z never depends on iteration order. The distributions are the ``PERTURBATIONS`` registry: ``gaussian``
+(the default) and ``rademacher`` fill a chunk from a private ``torch.Generator`` seeded with the chunk seed;
+``gaussian_table`` and ``rademacher_philox`` (``noise.py``) cost about one memory pass instead.
 """
 
 from __future__ import annotations
@@ -12,15 +14,37 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
+from hf_fedzo.engine.noise import GaussianTable, PhiloxRademacher
 from hf_fedzo.engine.seeds import parameter_seed
 from hf_fedzo.registry import Registry
 
 CHUNK_NUMEL = 1 << 20
 
 Sampler = Callable[[torch.Tensor, torch.Generator], None]
+
+
+class Distribution(Protocol):
+    """A direction's law: ``draw(chunk_seed, buffer)`` returns one chunk of z (``buffer`` filled, or a view of
+    shared noise of ``buffer``'s size) and a sign (±1.0) to apply it with. It must be a pure function of the seed."""
+
+    def draw(self, seed: int, buffer: torch.Tensor) -> tuple[torch.Tensor, float]: ...
+
+
+class SeededSampler:
+    """A ``sampler(out, generator)`` run with a private ``torch.Generator`` seeded with the chunk seed."""
+
+    def __init__(self, sampler: Sampler) -> None:
+        self.sampler = sampler
+
+    def draw(self, seed: int, buffer: torch.Tensor) -> tuple[torch.Tensor, float]:
+        generator = torch.Generator(device=buffer.device)
+        generator.manual_seed(seed)
+        self.sampler(buffer, generator)
+        return buffer, 1.0
 
 
 def _gaussian(out: torch.Tensor, generator: torch.Generator) -> None:
@@ -31,18 +55,26 @@ def _rademacher(out: torch.Tensor, generator: torch.Generator) -> None:
     out.random_(0, 2, generator=generator).mul_(2).sub_(1)
 
 
-PERTURBATIONS: Registry[Sampler] = Registry("zo_perturbation", {"gaussian": _gaussian, "rademacher": _rademacher})
+PERTURBATIONS: Registry[Sampler | Distribution] = Registry("zo_perturbation", {
+    "gaussian": _gaussian,  # the default: mt19937 per chunk, as MeZO
+    "rademacher": _rademacher,
+    "gaussian_table": GaussianTable(CHUNK_NUMEL),  # opt-in, about one memory pass per perturbation (noise.py)
+    "rademacher_philox": PhiloxRademacher(),
+})
 
 
-def register_perturbation(name: str, sampler: Sampler, *, overwrite: bool = False) -> Sampler:
-    """Add a distribution: ``sampler(out, generator)`` fills ``out`` in place with zero-mean, unit-variance noise."""
+def register_perturbation(name: str, sampler: Sampler | Distribution, *,
+                          overwrite: bool = False) -> Sampler | Distribution:
+    """Add a distribution: a ``sampler(out, generator)`` filling ``out`` in place with zero-mean, unit-variance
+    noise from a seeded generator, or a :class:`Distribution` (an object with ``draw(seed, buffer)``)."""
     return PERTURBATIONS.register(name, sampler, overwrite=overwrite)
 
 
-def get_sampler(name: str) -> Sampler:
+def get_distribution(name: str) -> Distribution:
     if name not in PERTURBATIONS:
         raise ValueError(f"zo_perturbation: unknown distribution {name!r}; choose from {sorted(PERTURBATIONS)}")
-    return PERTURBATIONS[name]
+    entry = PERTURBATIONS[name]
+    return entry if hasattr(entry, "draw") else SeededSampler(entry)  # type: ignore[arg-type,return-value]
 
 
 @dataclass(frozen=True)
@@ -72,7 +104,7 @@ class DirectionApplier:
     """
 
     def __init__(self, distribution: str = "gaussian", num_threads: int | None = None) -> None:
-        self.sampler = get_sampler(distribution)
+        self.law = get_distribution(distribution)
         self.distribution = distribution
         self.num_threads = num_threads or min(4, os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
@@ -81,16 +113,14 @@ class DirectionApplier:
         p, chunk, start, stop = item
         # detach(): an alias outside autograd, since grad mode is thread-local and workers run without it.
         flat = p.tensor.detach().view(-1)[start:stop]
-        gen = torch.Generator(device=flat.device)
-        z = torch.empty(stop - start, dtype=torch.float32, device=flat.device)
-        acc = None if len(terms) == 1 else torch.zeros_like(z)
+        buffer = torch.empty(stop - start, dtype=torch.float32, device=flat.device)
+        acc = None if len(terms) == 1 else torch.zeros_like(buffer)
         for seed, coef in terms:
-            gen.manual_seed(parameter_seed(seed, p.index, chunk))
-            self.sampler(z, gen)
+            z, sign = self.law.draw(parameter_seed(seed, p.index, chunk), buffer)
             if acc is None:
-                flat.add_(z.to(flat.dtype), alpha=coef)
+                flat.add_(z.to(flat.dtype), alpha=coef if sign == 1.0 else -coef)
                 return
-            acc.add_(z, alpha=coef)
+            acc.add_(z, alpha=coef if sign == 1.0 else -coef)
         assert acc is not None
         flat.add_(acc.to(flat.dtype))
 

@@ -183,19 +183,41 @@ def _hidden_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
     return args[0] if args else kwargs["hidden_states"]
 
 
-def _passthrough(*args: Any, **kwargs: Any) -> torch.Tensor:
-    return _hidden_of(args, kwargs)
+def output_arity(output: Any) -> int | None:
+    """How a layer returns its hidden state: ``0`` as a bare tensor, ``n`` as the first of an ``n``-tuple (Falcon,
+    older layers: ``(hidden, attn_weights, …)``), ``None`` in any other form (which a split cannot re-enter)."""
+    if isinstance(output, torch.Tensor):
+        return 0
+    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+        return len(output)
+    return None
 
 
-_passthrough.zo_passthrough = True  # type: ignore[attr-defined]  # FlopCounter skips such layers
+def _passthrough_returning(arity: int) -> Callable[..., Any]:
+    """A stand-in forward for a skipped layer: its input, in the form the real layer returns its output.
+
+    The extra tuple slots (attention weights, a legacy cache) are ``None``: a skipped layer computes nothing, and a
+    model asks for them only with ``output_attentions``/legacy caches, which a loss forward does not use.
+    """
+    def passthrough(*args: Any, **kwargs: Any) -> Any:
+        hidden = _hidden_of(args, kwargs)
+        return hidden if arity == 0 else (hidden, *([None] * (arity - 1)))
+
+    passthrough.zo_passthrough = True  # type: ignore[attr-defined]  # FlopCounter skips such layers
+    return passthrough
 
 
 class SplitExecutor:
-    """Runs block 1 up to layer ``k`` (capturing its input) and block 2 from a cached activation."""
+    """Runs block 1 up to layer ``k`` (capturing its input) and block 2 from a cached activation.
 
-    def __init__(self, layers: nn.ModuleList, split_index: int) -> None:
+    Skipped layers return their input in the form the real layers return their output (a tensor, or a tuple
+    whose first item is the hidden state), which the executor learns from the first layer each span really runs.
+    """
+
+    def __init__(self, layers: nn.ModuleList, split_index: int, arity: int | None = None) -> None:
         self.layers = layers
         self.k = split_index
+        self.arity = arity
 
     def run_prefix(self, loss_fn: Callable[[], torch.Tensor]) -> torch.Tensor:
         return self.run_span(loss_fn, stop=self.k)  # type: ignore[return-value]
@@ -207,6 +229,9 @@ class SplitExecutor:
                  stop: int | None = None) -> torch.Tensor:
         """Run the forward from layer ``start`` (layers before it skipped, its input replaced by ``hidden``) up to
         layer ``stop``, whose input is returned; with ``stop=None`` to the end, returning the loss."""
+        if start and self.arity is None:
+            raise UnsupportedModelError("a span starting above layer 0 must follow one that ran the stack's first "
+                                        "layer (run_prefix first): the form of the layers' output is not known yet")
         captured: list[torch.Tensor] = []
 
         def substitute(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -218,12 +243,18 @@ class SplitExecutor:
             captured.append(_hidden_of(args, kwargs))
             raise _StopForward
 
+        def learn_arity(module: nn.Module, args: Any, output: Any) -> None:
+            self.arity = output_arity(output)
+
         handles = [self.layers[start].register_forward_pre_hook(substitute, with_kwargs=True)] if start else []
+        if stop is None or stop > start:
+            handles.append(self.layers[start].register_forward_hook(learn_arity))
+        passthrough = _passthrough_returning(self.arity or 0)
         if stop is not None:
             handles.append(self.layers[stop].register_forward_pre_hook(capture, with_kwargs=True))
         # An instance attribute shadows the class forward (and GradientCheckpointingLayer's wrapper).
         for layer in self.layers[:start]:
-            layer.forward = _passthrough
+            layer.forward = passthrough
         try:
             loss = loss_fn()
         except _StopForward:
@@ -276,7 +307,7 @@ def build_plan(
 
     costs: dict[str | int, int] = {"pre": 0, "post": 0}
     current: list[str | int] = ["pre"]
-    output_types: list[type] = []
+    arities: list[int | None] = []
     counter: FlopCounter | None = None
 
     def flush_into(segment: str | int) -> None:
@@ -292,7 +323,7 @@ def build_plan(
         return hook
 
     def leave_layer(module: nn.Module, args: Any, output: Any) -> None:
-        output_types.append(type(output))
+        arities.append(output_arity(output))
         flush_into("post")
 
     # The counter's post-hooks must run before leave_layer's so a layer's attention cost is flushed
@@ -308,9 +339,9 @@ def build_plan(
         for h in handles:
             h.remove()
         counter.remove()
-    if not output_types:
+    if not arities:
         raise UnsupportedModelError(f"the layer stack {path!r} of {type(model).__name__} never ran in forward")
-    split_ok = all(issubclass(t, torch.Tensor) for t in output_types)
+    split_ok = None not in arities and len(set(arities)) == 1
     layer_costs = [costs.get(i, 0) for i in range(len(layers))]
 
     aliases: dict[int, set[str]] = {}
@@ -325,8 +356,8 @@ def build_plan(
     plan.split_index = choose_split(split, plan, p2)
     if plan.split_index is not None and not split_ok:
         raise UnsupportedModelError(
-            f"layers of {type(model).__name__} return {output_types[0].__name__}, not a tensor; split execution "
-            "needs transformers >= 5 layers. Use zo_split='none'."
+            f"layers of {type(model).__name__} return their hidden state neither as a tensor nor as the first item of "
+            "a tuple of one fixed length, so a split cannot re-enter the stack. Use zo_split='none'."
         )
     k = plan.split_index
     for p in params:

@@ -1,0 +1,139 @@
+"""Peak memory of inference, ZO (MeZO and FedSPZO defaults) and AdamW backprop on LLaMA-shaped models.
+
+Each measurement runs in a fresh subprocess: it builds a random-weight LLaMA-shaped model (≈110M, ≈350M, ≈1B
+parameters, tied embeddings, vocabulary 32000) directly in the requested dtype, then samples its resident memory
+(RSS) while running two steps of the method. The peak RSS of an empty process that imported the same libraries
+is subtracted, so the numbers are what the method itself holds (weights, activations, gradients, optimizer state,
+direction buffers), not the ~0.5 GiB of libraries every process carries.
+
+    python -m benchmarks.memory --sizes 110M 350M 1B --dtypes float32 bfloat16 --batch 2 --seq 32
+
+A child whose estimated need exceeds the memory available now is skipped and reported as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import subprocess
+import sys
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from benchmarks.step_overhead import RssSampler
+from hf_fedzo.engine import ZOEstimator, ZOOptimizer, ZOSettings
+
+SHAPES = {  # hidden, intermediate, layers, heads
+    "110M": (768, 2048, 12, 12),
+    "350M": (1024, 2816, 24, 16),
+    "1B": (2048, 5632, 18, 32),
+}
+MODES = ("empty", "inference", "mezo", "fedspzo", "adamw")
+# Bytes per parameter a mode holds beyond the libraries, for the skip check (AdamW: weights, grads, two moments).
+BYTES_PER_PARAM = {"empty": 0, "inference": 1, "mezo": 1, "fedspzo": 1, "adamw": 4}
+
+
+def build(size: str, dtype: torch.dtype) -> LlamaForCausalLM:
+    hidden, inter, layers, heads = SHAPES[size]
+    config = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                         num_attention_heads=heads, num_key_value_heads=heads, vocab_size=32000,
+                         tie_word_embeddings=True)
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # weights are created in the dtype: no float32 copy first
+    try:
+        return LlamaForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def param_count(size: str) -> int:
+    hidden, inter, layers, _ = SHAPES[size]
+    return 32000 * hidden + layers * (4 * hidden * hidden + 3 * hidden * inter + 2 * hidden) + hidden
+
+
+def child(size: str, dtype_name: str, mode: str, batch: int, seq: int) -> None:
+    torch.set_num_threads(2)
+    dtype = getattr(torch, dtype_name)
+    if mode == "empty":
+        gc.collect()
+        print(json.dumps({"peak_mib": RssSampler.current_kib() / 1024}))
+        return
+    model = build(size, dtype)
+    ids = torch.randint(0, 32000, (batch, seq), generator=torch.Generator().manual_seed(1))
+    inputs = {"input_ids": ids, "labels": ids}
+    gc.collect()
+    with RssSampler() as sampler:
+        if mode == "inference":
+            with torch.inference_mode():
+                for _ in range(2):
+                    model(**inputs)
+        elif mode == "adamw":
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7)
+            model.train()
+            for _ in range(2):
+                model(**inputs).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        else:
+            settings = ZOSettings(p1=1, p2=1, split="none") if mode == "mezo" else ZOSettings()
+            estimator = ZOEstimator(model, settings)
+            zo = ZOOptimizer(list(model.parameters()), estimator, lr=1e-7)
+            for step in range(2):
+                zo.accumulate(estimator.estimate(lambda: model(**inputs).loss, step))
+                zo.step()
+    print(json.dumps({"peak_mib": sampler.peak / 1024}))
+
+
+def available_mib() -> float:
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:")) / 1024
+
+
+def run_child(size: str, dtype: str, mode: str, args: argparse.Namespace) -> float | None:
+    need = param_count(size) * torch.tensor([], dtype=getattr(torch, dtype)).element_size() * BYTES_PER_PARAM[mode]
+    if need / 2**20 + 1024 > 0.85 * available_mib():  # leave the machine room for everything else running
+        return None
+    out = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--child", size, dtype, mode,
+                          "--batch", str(args.batch), "--seq", str(args.seq)], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--seq", type=int, default=32)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child, batch=args.batch, seq=args.seq)
+        return
+    print(f"LLaMA-shaped random-weight models, batch {args.batch}x{args.seq}, peak RSS minus an empty process's "
+          f"(MiB); torch {torch.__version__}")
+    print("| model | dtype | params | inference | MeZO | FedSPZO | AdamW | ZO/inference | AdamW/ZO |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size in args.sizes:
+        for dtype in args.dtypes:
+            empty = run_child(size, dtype, "empty", args)
+            assert empty is not None
+            peaks = {mode: run_child(size, dtype, mode, args) for mode in MODES[1:]}
+            held = {mode: None if peak is None else peak - empty for mode, peak in peaks.items()}
+            zo = max((v for k, v in held.items() if k in ("mezo", "fedspzo") and v is not None), default=None)
+
+            def cell(value: float | None) -> str:
+                return "skipped" if value is None else f"{value:.0f}"
+
+            ratio_zo = "-" if zo is None or held["inference"] is None else f"{zo / held['inference']:.2f}"
+            ratio_adamw = "-" if zo is None or held["adamw"] is None else f"{held['adamw'] / zo:.2f}"
+            print(f"| {size} | {dtype} | {param_count(size) / 1e6:.0f}M | {cell(held['inference'])} | "
+                  f"{cell(held['mezo'])} | {cell(held['fedspzo'])} | {cell(held['adamw'])} | {ratio_zo} | "
+                  f"{ratio_adamw} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
