@@ -1,5 +1,6 @@
 """Torch threads per process on a busy machine: the demo's local step with 1 thread and with the policy's count,
-alone and beside one competing CPU-bound process.
+alone and beside one competing CPU-bound process; with several threads, under OpenMP's default wait policy and
+with passive waits (``OMP_WAIT_POLICY=PASSIVE``, what importing hf_fedzo first sets).
 
 The step is the demo's (FedSPZO P1=1, P2=4, split at 0.9; LoRA r=8 on q_proj/v_proj; batch 8) on the
 SmolLM2-135M shape (random weights: speed does not depend on the values). Every measurement runs in a fresh
@@ -49,8 +50,11 @@ def worker(threads: int, steps: int, seq: int) -> dict[str, float]:
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
 
 
-def measure(threads: int, competitor: bool, steps: int, seq: int) -> dict[str, float]:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+def measure(threads: int, competitor: bool, steps: int, seq: int, wait_policy: str | None) -> dict[str, float]:
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if wait_policy is not None:  # None: OpenMP's own default (spin a while, then sleep)
+        env["OMP_WAIT_POLICY"] = wait_policy
     busy = subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) if competitor else None
     try:
         out = subprocess.run([sys.executable, "-m", "benchmarks.threads", "--worker", "--threads", str(threads),
@@ -84,10 +88,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     results = {}
     for competitor in (False, True):
         for threads in counts:
-            key = f"{threads} thread(s), {'one competing process' if competitor else 'alone'}"
-            results[key] = measure(threads, competitor, args.steps, args.seq)
-            r = results[key]
-            print(f"{key:<40} {r['median_s']:7.2f} s/step (min {r['min_s']:.2f}, max {r['max_s']:.2f})", flush=True)
+            for wait_policy in (None, "PASSIVE") if threads > 1 else (None,):
+                waits = {None: ", default waits", "PASSIVE": ", passive waits"}[wait_policy] if threads > 1 else ""
+                key = f"{threads} thread(s){waits}, {'one competing process' if competitor else 'alone'}"
+                results[key] = measure(threads, competitor, args.steps, args.seq, wait_policy)
+                r = results[key]
+                print(f"{key:<58} {r['median_s']:7.2f} s/step (min {r['min_s']:.2f}, max {r['max_s']:.2f})",
+                      flush=True)
     return results
 
 

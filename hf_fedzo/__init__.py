@@ -7,9 +7,18 @@ Federated: ``simulate_federation(model, batch_loss, clients, FederationConfig(..
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
 
 from hf_fedzo.known_warnings import install_log_filters
+
+# OpenMP threads that finish a parallel region early spin while they wait for the others. On a core shared with
+# another busy process the spinning steals the time slices the slow thread needs: the demo's step with 2 threads
+# took 4.6 s alone either way, and beside one busy loop 10.2 s by default, 7.1 s with passive waits
+# (`python -m benchmarks.threads`; README "Threads and progress"). OpenMP reads this once, when torch
+# loads it, so it only takes effect when hf_fedzo is imported before torch (the recipes and the CLI do); an
+# explicit OMP_WAIT_POLICY is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0.dev0"
 

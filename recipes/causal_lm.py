@@ -18,6 +18,12 @@ accuracy_vs_flops.png.
 
 from __future__ import annotations
 
+# Before torch: importing hf_fedzo makes OpenMP threads wait passively, so a busy machine slows a run far less
+# (hf_fedzo/__init__.py says why and by how much).
+import hf_fedzo  # noqa: F401
+
+# isort: split
+
 import time
 from typing import Any
 

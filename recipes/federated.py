@@ -19,6 +19,12 @@ FLOPs and bytes; and in <output_dir>: summary.json and accuracy_vs_flops.png wit
 
 from __future__ import annotations
 
+# Before torch: importing hf_fedzo makes OpenMP threads wait passively, so a busy machine slows a run far less
+# (hf_fedzo/__init__.py says why and by how much).
+import hf_fedzo  # noqa: F401
+
+# isort: split
+
 import dataclasses
 import time
 from dataclasses import dataclass, field

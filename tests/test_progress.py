@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import logging
+import os
 import re
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -102,10 +107,25 @@ def test_thread_policy(requested, environ, expected) -> None:
 
 
 def test_thread_count_never_exceeds_the_cores_this_process_may_use() -> None:
-    import os
-
     threads, _ = choose_threads(None, {})
     assert 1 <= threads <= len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_importing_hf_fedzo_makes_openmp_wait_passively_unless_told_otherwise(preset, expected) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset is not None:
+        env["OMP_WAIT_POLICY"] = preset
+    code = "import sys, hf_fedzo, os; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [expected, "False"]  # set before torch is loaded, so OpenMP reads it
+
+
+@pytest.mark.parametrize("recipe", sorted(Path("recipes").glob("*.py")), ids=lambda p: p.name)
+def test_recipes_import_hf_fedzo_before_torch(recipe: Path) -> None:
+    imports = [node for node in ast.parse(recipe.read_text()).body if isinstance(node, ast.Import | ast.ImportFrom)]
+    first = next(node for node in imports if not (isinstance(node, ast.ImportFrom) and node.module == "__future__"))
+    assert isinstance(first, ast.Import) and first.names[0].name == "hf_fedzo", f"{recipe}: import hf_fedzo first"
 
 
 def test_bitsandbytes_kernels_warning_is_hidden_and_others_are_not(caplog: pytest.LogCaptureFixture) -> None:
