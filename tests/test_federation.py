@@ -182,15 +182,18 @@ def test_server_lr_scales_the_applied_step_and_nothing_else(per_client_seeds: bo
     assert [r.update.scalars for r in plain] == [r.update.scalars for r in scaled]
 
     moved = {}
+    start = list(tiny_model().parameters())
     for server_lr in (1.0, 4.0):
         model = tiny_model()
         simulate_federation(model, batch_loss, client_data(), config(local_steps=1, rounds=1, server_lr=server_lr,
                                                                      per_client_seeds=per_client_seeds))
-        moved[server_lr] = [(p - q).detach().double() for p, q in zip(model.parameters(), tiny_model().parameters(),
-                                                             strict=True)]
-    assert any(float(d.abs().max()) > 0 for d in moved[1.0])
-    for one, four in zip(moved[1.0], moved[4.0], strict=True):
-        assert torch.allclose(four, 4 * one, rtol=1e-3, atol=1e-7)
+        moved[server_lr] = [(p - q).detach().double() for p, q in zip(model.parameters(), start, strict=True)]
+    assert any(float(d.abs().max()) > 1e-4 for d in moved[1.0])
+    for one, four, weight in zip(moved[1.0], moved[4.0], start, strict=True):
+        # Both runs carry the same float32 rounding residue of the perturb/restore walk and round their own
+        # update: a few ulps of the weights, far below the steps compared here (1e-4 and more).
+        ulps = 16 * torch.finfo(torch.float32).eps * float(weight.detach().abs().max())
+        assert torch.allclose(four, 4 * one, rtol=1e-3, atol=ulps)
 
 
 # -------------------------------------------------------------------------------------------- replay
