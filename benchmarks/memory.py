@@ -92,9 +92,15 @@ def available_mib() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:")) / 1024
 
 
+def estimated_mib(size: str, dtype: str, mode: str) -> float:
+    """What ``mode`` holds at least: its bytes per parameter (``BYTES_PER_PARAM``) times the parameters."""
+    element = torch.tensor([], dtype=getattr(torch, dtype)).element_size()
+    return param_count(size) * element * BYTES_PER_PARAM[mode] / 2**20
+
+
 def run_child(size: str, dtype: str, mode: str, args: argparse.Namespace) -> float | None:
-    need = param_count(size) * torch.tensor([], dtype=getattr(torch, dtype)).element_size() * BYTES_PER_PARAM[mode]
-    if need / 2**20 + 1024 > 0.85 * available_mib():  # leave the machine room for everything else running
+    # Leave the machine room for everything else running.
+    if estimated_mib(size, dtype, mode) + 1024 > 0.85 * available_mib():
         return None
     out = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--child", size, dtype, mode,
                           "--batch", str(args.batch), "--seq", str(args.seq)], capture_output=True, text=True,
@@ -108,6 +114,8 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seq", type=int, default=32)
+    parser.add_argument("--budget_gib", type=float, default=8.0,
+                        help="report the largest measured model each method fits in this much memory")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -117,12 +125,18 @@ def main() -> None:
           f"(MiB); torch {torch.__version__}")
     print("| model | dtype | params | inference | MeZO | FedSPZO | AdamW | ZO/inference | AdamW/ZO |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for size in args.sizes:
+    fits: dict[tuple[str, str], str] = {}  # (dtype, mode) -> largest size within the budget
+    for size in sorted(args.sizes, key=param_count):
         for dtype in args.dtypes:
             empty = run_child(size, dtype, "empty", args)
             assert empty is not None
             peaks = {mode: run_child(size, dtype, mode, args) for mode in MODES[1:]}
             held = {mode: None if peak is None else peak - empty for mode, peak in peaks.items()}
+            for mode, value in held.items():
+                if value is not None and value <= args.budget_gib * 1024:
+                    fits[dtype, mode] = size
+                elif value is None and estimated_mib(size, dtype, mode) <= args.budget_gib * 1024:
+                    fits[dtype, mode] = f"unknown (the {size} run was skipped)"  # too big for this machine only
             zo = max((v for k, v in held.items() if k in ("mezo", "fedspzo") and v is not None), default=None)
 
             def cell(value: float | None) -> str:
@@ -133,6 +147,9 @@ def main() -> None:
             print(f"| {size} | {dtype} | {param_count(size) / 1e6:.0f}M | {cell(held['inference'])} | "
                   f"{cell(held['mezo'])} | {cell(held['fedspzo'])} | {cell(held['adamw'])} | {ratio_zo} | "
                   f"{ratio_adamw} |", flush=True)
+    for dtype in args.dtypes:  # a run skipped because it needs more than the budget does not fit
+        print(f"largest measured model within {args.budget_gib:g} GiB ({dtype}): " + ", ".join(
+            f"{mode} {fits.get((dtype, mode), 'none')}" for mode in MODES[1:]))
 
 
 if __name__ == "__main__":
