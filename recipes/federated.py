@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             model.save_pretrained(adapter)
             save_task(task, adapter, selection.as_dict() if selection else None)
             metrics = held_out_metrics(model)
+            state.print(f"{method}: accuracy on {len(held_out)} held-out examples {metrics['accuracy']:.4f} "
+                        f"(balanced {metrics['balanced_accuracy']:.4f}; zero-shot {summary['zero_shot_accuracy']:.4f})")
             write_json(adapter / "federation.json", figures)
             write_json(adapter / "metrics.json", {"eval_accuracy": metrics["accuracy"],
                                                   "eval_balanced_accuracy": metrics["balanced_accuracy"],

@@ -183,7 +183,8 @@ def test_accelerate_launch_two_processes(assets: dict[str, Path], tmp_path: Path
     assert not list(out.glob(".*.tmp"))
 
 
-def test_federated_compares_methods_at_equal_flops(assets: dict[str, Path], tmp_path: Path) -> None:
+def test_federated_compares_methods_at_equal_flops(assets: dict[str, Path], tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "fed"
     summary = load_recipe("federated").main([
         "--output_dir", str(out), "--model_name_or_path", str(assets["llama"]), "--train_file", str(assets["train"]),
@@ -211,6 +212,10 @@ def test_federated_compares_methods_at_equal_flops(assets: dict[str, Path], tmp_
     held_out = summary["methods"]["fedspzo"]["held_out"]
     assert held_out["prediction_rate_0"] + held_out["prediction_rate_1"] == pytest.approx(1.0)
     assert summary["majority_rate"] == 0.5 and summary["prompt_selection"] is None
+    printed = capsys.readouterr().out
+    for method in ("fedspzo", "mezo", "fedavg"):  # each method's held-out result is printed as soon as it is known
+        accuracy = summary["methods"][method]["held_out_accuracy"]
+        assert f"{method}: accuracy on 4 held-out examples {accuracy:.4f}" in printed
 
 
 def test_bad_flags_end_in_one_error_line_naming_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
