@@ -22,8 +22,8 @@ import sys
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from benchmarks.step_overhead import RssSampler
-from hf_fedzo.engine import ZOEstimator, ZOOptimizer, ZOSettings
+from benchmarks.step_overhead import RssSampler, peak_rss_mib
+from hf_fedzo.engine import ZOSettings
 
 SHAPES = {  # hidden, intermediate, layers, heads
     "110M": (768, 2048, 12, 12),
@@ -63,28 +63,8 @@ def child(size: str, dtype_name: str, mode: str, batch: int, seq: int) -> None:
         return
     model = build(size, dtype)
     ids = torch.randint(0, 32000, (batch, seq), generator=torch.Generator().manual_seed(1))
-    inputs = {"input_ids": ids, "labels": ids}
-    gc.collect()
-    with RssSampler() as sampler:
-        if mode == "inference":
-            with torch.inference_mode():
-                for _ in range(2):
-                    model(**inputs)
-        elif mode == "adamw":
-            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7)
-            model.train()
-            for _ in range(2):
-                model(**inputs).loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        else:
-            settings = ZOSettings(p1=1, p2=1, split="none") if mode == "mezo" else ZOSettings()
-            estimator = ZOEstimator(model, settings)
-            zo = ZOOptimizer(list(model.parameters()), estimator, lr=1e-7)
-            for step in range(2):
-                zo.accumulate(estimator.estimate(lambda: model(**inputs).loss, step))
-                zo.step()
-    print(json.dumps({"peak_mib": sampler.peak / 1024}))
+    settings = ZOSettings(p1=1, p2=1, split="none") if mode == "mezo" else ZOSettings()  # MeZO; FedSPZO defaults
+    print(json.dumps({"peak_mib": peak_rss_mib(model, {"input_ids": ids, "labels": ids}, mode, settings)}))
 
 
 def available_mib() -> float:

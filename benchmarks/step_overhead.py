@@ -163,30 +163,39 @@ class RssSampler:
         self._thread.join()
 
 
-def child(mode: str, args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
-    model = build_model()
-    batch = make_batch(args.batch, args.seq)
+def peak_rss_mib(model: torch.nn.Module, batch: dict[str, torch.Tensor], mode: str,
+                 settings: ZOSettings | None = None, steps: int = 2) -> float:
+    """Peak resident memory (MiB) of the process while ``model`` runs ``steps`` steps of ``mode``: ``inference``
+    forwards, ``adamw`` first-order steps, or ZO steps with ``settings`` (any other mode name)."""
     gc.collect()
     with RssSampler() as sampler:
         if mode == "inference":
             with torch.inference_mode():
-                for _ in range(3):
+                for _ in range(steps):
                     model(**batch)
         elif mode == "adamw":  # first-order fine-tuning: activations kept for backward, gradients, Adam moments
             optimizer_fo = torch.optim.AdamW(model.parameters(), lr=1e-7)
             model.train()
-            for _ in range(2):
+            for _ in range(steps):
                 model(**batch).loss.backward()
                 optimizer_fo.step()
                 optimizer_fo.zero_grad(set_to_none=True)
         else:
-            estimator = ZOEstimator(model, ZOSettings(p1=1, p2=4, split="auto"))
+            estimator = ZOEstimator(model, settings or ZOSettings())
             optimizer = ZOOptimizer(list(model.parameters()), estimator, lr=1e-7)
-            for step in range(2):
+            for step in range(steps):
                 optimizer.accumulate(estimator.estimate(lambda: model(**batch).loss, step))
                 optimizer.step()
-    print(json.dumps({"peak_mib": sampler.peak / 1024}))
+    return sampler.peak / 1024
+
+
+def child(mode: str, args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    model = build_model()
+    batch = make_batch(args.batch, args.seq)
+    steps = 3 if mode == "inference" else 2
+    peak = peak_rss_mib(model, batch, mode, ZOSettings(p1=1, p2=4, split="auto"), steps=steps)
+    print(json.dumps({"peak_mib": peak}))
 
 
 def main() -> None:
