@@ -57,7 +57,10 @@ def measure(threads: int, competitor: bool, steps: int, seq: int, wait_policy: s
         env["OMP_WAIT_POLICY"] = wait_policy
     busy = subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) if competitor else None
     try:
-        out = subprocess.run([sys.executable, "-m", "benchmarks.threads", "--worker", "--threads", str(threads),
+        # torch is imported first, so OpenMP reads the wait policy set here before the benchmarks package (which
+        # imports hf_fedzo, which defaults it to PASSIVE) can change it.
+        worker_code = "import torch; from benchmarks.threads import main; main()"
+        out = subprocess.run([sys.executable, "-c", worker_code, "--worker", "--threads", str(threads),
                               "--steps", str(steps), "--seq", str(seq)],
                              env=env, capture_output=True, text=True, check=True)
     finally:
