@@ -247,6 +247,23 @@ def test_clm_train_eval_save_resume_with_accumulation_and_warmup(assets: dict[st
     assert again.run["totals"] == record.run["totals"] == resumed.zo_work.to_dict()  # work counted on from the save
 
 
+def test_clm_bf16_autocast_with_a_cosine_warmup_schedule(assets: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "bf16"
+    trainer = run_clm(clm_flags(assets, out, "--do_train", "--max_steps", "4", "--logging_steps", "1", "--bf16",
+                                "--lr_scheduler_type", "cosine", "--warmup_steps", "1", "--seed", "7"))
+    assert trainer.args.bf16 and trainer.args.lr_scheduler_type == "cosine"
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    rates = [entry["learning_rate"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses)
+    assert rates[0] == 0.0 and rates[1] == pytest.approx(1e-2) and rates[1] > rates[2] > rates[3] > 0
+    assert [update.lr for update in load_trajectory(out).updates] == rates
+    replayed_equals_saved(assets["root"] / "llama", out)  # the weights stay float32; autocast only runs the forwards
+    fp32 = run_clm(clm_flags(assets, tmp_path / "fp32", "--do_train", "--max_steps", "1", "--logging_steps", "1",
+                             "--lr_scheduler_type", "cosine", "--warmup_steps", "1", "--seed", "7"))
+    fp32_loss = next(entry["loss"] for entry in fp32.state.log_history if "loss" in entry)
+    assert fp32_loss != losses[0] and fp32_loss == pytest.approx(losses[0], rel=0.05)  # bf16 forwards really ran
+
+
 def test_clm_load_best_model_at_end_saves_a_replayable_trajectory(assets: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "best"
     trainer = run_clm(clm_flags(assets, out, "--do_train", "--do_eval", "--max_steps", "6", "--eval_strategy",
