@@ -117,10 +117,11 @@ class DirectionApplier:
         acc = None if len(terms) == 1 else torch.zeros_like(buffer)
         for seed, coef in terms:
             z, sign = self.law.draw(parameter_seed(seed, p.index, chunk), buffer)
+            alpha = coef * sign  # sign is ±1.0: exact, so the default laws' arithmetic is unchanged
             if acc is None:
-                flat.add_(z.to(flat.dtype), alpha=coef if sign == 1.0 else -coef)
+                flat.add_(z.to(flat.dtype), alpha=alpha)
                 return
-            acc.add_(z, alpha=coef if sign == 1.0 else -coef)
+            acc.add_(z, alpha=alpha)
         assert acc is not None
         flat.add_(acc.to(flat.dtype))
 

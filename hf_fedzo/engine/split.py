@@ -214,10 +214,10 @@ class SplitExecutor:
     whose first item is the hidden state), which the executor learns from the first layer each span really runs.
     """
 
-    def __init__(self, layers: nn.ModuleList, split_index: int, arity: int | None = None) -> None:
+    def __init__(self, layers: nn.ModuleList, split_index: int) -> None:
         self.layers = layers
         self.k = split_index
-        self.arity = arity
+        self.arity: int | None = None  # learned from the first span that runs layer 0 (see output_arity)
 
     def run_prefix(self, loss_fn: Callable[[], torch.Tensor]) -> torch.Tensor:
         return self.run_span(loss_fn, stop=self.k)  # type: ignore[return-value]
