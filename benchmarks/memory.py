@@ -91,13 +91,16 @@ def run_child(size: str, dtype: str, mode: str, args: argparse.Namespace) -> flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
+                        choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--seq", type=int, default=32)
     parser.add_argument("--budget_gib", type=float, default=8.0,
                         help="report the largest measured model each method fits in this much memory")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not 0 < args.budget_gib < float("inf"):  # also refuses nan
+        parser.error(f"--budget_gib must be a positive number of GiB, got {args.budget_gib}")
     if args.child:
         child(*args.child, batch=args.batch, seq=args.seq)
         return

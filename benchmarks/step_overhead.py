@@ -234,7 +234,7 @@ def main() -> None:
         print(f"  {label:38s} ZO step {zo:7.3f}s  same forwards {plain:7.3f}s  ratio {zo / plain:5.2f}", flush=True)
     reference, reference_plain = time_reference(model, batch, args.repeats)
     label = "full, MeZO reference (published)"
-    print(f"  {label:36s} step    {reference:7.3f}s  same forwards {reference_plain:7.3f}s  "
+    print(f"  {label:38s} step    {reference:7.3f}s  same forwards {reference_plain:7.3f}s  "
           f"ratio {reference / reference_plain:5.2f}", flush=True)
     inference = peak_rss_child("inference", args)
     zo_peak = peak_rss_child("zo", args)
