@@ -52,7 +52,15 @@ from typing import Any
 import torch
 
 from benchmarks.estimator_fit import compare, plot, predicted_f0, print_tables
-from hf_fedzo.engine import IndexedParameter, SeedScope, ZOEstimate, ZOEstimator, ZOSettings, trainable_parameters
+from hf_fedzo.engine import (
+    PERTURBATIONS,
+    IndexedParameter,
+    SeedScope,
+    ZOEstimate,
+    ZOEstimator,
+    ZOSettings,
+    trainable_parameters,
+)
 from hf_fedzo.engine.split import parse_split
 
 REVIEW_TEMPLATE = "Review: {sentence}\nSentiment:{label}"
@@ -101,8 +109,9 @@ class Estimator:
         where = f"{split_index}/{num_layers}" if split_index is not None else str(self.split)
         return f"FedSPZO (P1={self.p1}, P2={self.p2}, split {where})"
 
-    def settings(self, eps: float) -> ZOSettings:
-        return ZOSettings(eps=eps, p1=self.p1, p2=self.p2, split=self.split)
+    def settings(self, eps: float, perturbation: str | None = None) -> ZOSettings:
+        law = {} if perturbation is None else {"perturbation": perturbation}  # None: the library's default law
+        return ZOSettings(eps=eps, p1=self.p1, p2=self.p2, split=self.split, **law)
 
 
 MEZO = Estimator(1, 1)
@@ -234,7 +243,7 @@ def measure_param_set(param_set: str, args: argparse.Namespace, batch_loss: Any,
     """Every measured estimator on every batch, then the fits, ratios to MeZO and the theory table."""
     model = load_params(args.model, param_set, args.seed)
     eps = args.lora_eps if param_set == "lora" else args.full_eps
-    estimators = {e: ZOEstimator(model, e.settings(eps)) for e in measured}
+    estimators = {e: ZOEstimator(model, e.settings(eps, args.perturbation)) for e in measured}
     planners = {s: ZOEstimator(model, Estimator(1, 1, s).settings(eps)) for s in THEORY_SPLITS}
     runs: dict[Estimator, list[Any]] = {e: [] for e in measured}
     stats: dict[Any, list[dict[str, float]]] = {key: [] for key in (*estimators, *planners)}
@@ -304,6 +313,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--lora_eps", type=float, default=1e-2)
     parser.add_argument("--full_eps", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--perturbation", choices=sorted(PERTURBATIONS), default=None,
+                        help="direction law of every estimator (default: the library's, ZOSettings.perturbation)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
     parser.add_argument("--report_only", action="store_true", help="tables, plots and the last line again from "
                         "--output_dir/report.json; runs nothing")
@@ -346,7 +357,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     seeds, quick = f"{args.seed}..{args.seed + args.repeats - 1}", " (--quick)" if args.quick else ""
     print(f"estimator quality{quick}: {len(measured)} estimators ({len(grid)} FedSPZO grid points) x "
           f"{args.repeats} repeats (batches of {args.batch_size}, seeds {seeds}) x {len(args.param_sets)} "
-          f"parameter sets, {args.budget_forwards:g} forwards of budget each, {args.threads} thread(s)", flush=True)
+          f"parameter sets, {args.budget_forwards:g} forwards of budget each, {args.threads} thread(s), "
+          f"{args.perturbation or ZOSettings().perturbation} directions", flush=True)
 
     def log(line: str) -> None:
         print(f"  [{time.perf_counter() - started:5.0f} s] {line}", flush=True)

@@ -139,7 +139,8 @@ def test_whole_measurement_on_a_tiny_model(monkeypatch: pytest.MonkeyPatch, tmp_
     """measure_param_set → tables and plot, with a tiny llama standing in for SmolLM2."""
     monkeypatch.setattr(eq, "load_params", lambda path, param_set, seed: seeded(llama))
     monkeypatch.setattr(eq, "THEORY_SPLITS", (0.5,))
-    args = argparse.Namespace(model="tiny", lora_eps=1e-2, full_eps=1e-3, seed=0, budget_forwards=6.0)
+    args = argparse.Namespace(model="tiny", lora_eps=1e-2, full_eps=1e-3, seed=0, budget_forwards=6.0,
+                              perturbation=None)
     measured = [eq.MEZO, eq.Estimator(1, 2), eq.Estimator(1, 4, 0.5), eq.Estimator(2, 2, 3)]
     batches = [random_batch("llama", seed=s) for s in (0, 1)]
     lines: list[str] = []
