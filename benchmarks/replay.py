@@ -30,7 +30,7 @@ def best_of(repeats: int, run: Callable[[], None]) -> float:
 
 
 def measure(lora_r: int | None, local_steps: int, p1: int, p2: int, batch: dict[str, torch.Tensor],
-            repeats: int, perturbation: str = "gaussian") -> tuple[float, float]:
+            repeats: int, perturbation: str) -> tuple[float, float]:
     model = smollm2_shaped(lora_r=lora_r)
     estimator = ZOEstimator(model, ZOSettings(eps=1e-3, p1=p1, p2=p2, split="auto", perturbation=perturbation))
     with torch.inference_mode():
@@ -60,12 +60,14 @@ def main() -> None:
     print(f"SmolLM2-135M shape, one round = {args.local_steps} log records (P1=1, P2=4, split auto), forward on "
           f"{args.batch}x{args.seq} tokens, {torch.get_num_threads()} threads\n")
     results = {}
-    for name, lora_r, perturbation in (("LoRA r=8", 8, "gaussian"), ("full weights", None, "gaussian"),
-                                       ("full weights, gaussian_table", None, "gaussian_table"),
-                                       ("full weights, rademacher_philox", None, "rademacher_philox")):
+    default = ZOSettings().perturbation
+    laws = [default, *(law for law in ("gaussian", "gaussian_table", "rademacher_philox") if law != default)]
+    arms = [(f"LoRA r=8, {default} (default)", 8, default),
+            *((f"full weights, {law}{' (default)' if law == default else ''}", None, law) for law in laws)]
+    for name, lora_r, perturbation in arms:
         results[name] = measure(lora_r, args.local_steps, 1, 4, batch, args.repeats, perturbation)
         replay, forward = results[name]
-        print(f"{name:<31} replay {replay * 1e3:9.1f} ms   forward {forward * 1e3:8.1f} ms")
+        print(f"{name:<40} replay {replay * 1e3:9.1f} ms   forward {forward * 1e3:8.1f} ms")
     print()
     for name, (replay, forward) in results.items():
         print(f"ratio replay of one round / one forward, {name}: {replay / forward:.3f}")

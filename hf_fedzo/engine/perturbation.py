@@ -3,9 +3,10 @@
 A direction is materialised chunk by chunk (at most ``CHUNK_NUMEL`` elements at a time, each chunk a pure
 function of its seed, derived from (direction seed, parameter index, chunk)), so the extra memory of a
 perturbation is one chunk buffer rather than a copy of the largest weight matrix, and chunks can be generated in
-parallel. z never depends on iteration order. The distributions are the ``PERTURBATIONS`` registry: ``gaussian``
-(the default) and ``rademacher`` fill a chunk from a private ``torch.Generator`` seeded with the chunk seed;
-``gaussian_table`` and ``rademacher_philox`` (``noise.py``) cost about one memory pass instead.
+parallel. z never depends on iteration order. The distributions are the ``PERTURBATIONS`` registry:
+``gaussian_table`` (the default) and ``rademacher_philox`` (``noise.py``) cost about one memory pass;
+``gaussian`` (MeZO's law) and ``rademacher`` fill a chunk from a private ``torch.Generator`` seeded with the chunk
+seed, at about 4 ns per element on CPU, which doubles the cost of a full-weight step there.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from hf_fedzo.engine.seeds import parameter_seed
 from hf_fedzo.registry import Registry
 
 CHUNK_NUMEL = 1 << 20
+# Chosen by benchmarks.step_overhead (full-weight steps at their plain forwards) and benchmarks.estimator_quality
+# (estimates as good as mt19937 Gaussians per direction); docs/benchmarks.md, issue 17.
+DEFAULT_PERTURBATION = "gaussian_table"
 
 Sampler = Callable[[torch.Tensor, torch.Generator], None]
 
@@ -56,10 +60,10 @@ def _rademacher(out: torch.Tensor, generator: torch.Generator) -> None:
 
 
 PERTURBATIONS: Registry[Sampler | Distribution] = Registry("zo_perturbation", {
-    "gaussian": _gaussian,  # the default: mt19937 per chunk, as MeZO
-    "rademacher": _rademacher,
-    "gaussian_table": GaussianTable(CHUNK_NUMEL),  # opt-in, about one memory pass per perturbation (noise.py)
+    "gaussian_table": GaussianTable(CHUNK_NUMEL),  # the default: about one memory pass per perturbation (noise.py)
     "rademacher_philox": PhiloxRademacher(),
+    "gaussian": _gaussian,  # mt19937 per chunk, as MeZO
+    "rademacher": _rademacher,
 })
 
 
@@ -103,7 +107,7 @@ class DirectionApplier:
     per chunk the terms are accumulated in a float32 buffer and written once.
     """
 
-    def __init__(self, distribution: str = "gaussian", num_threads: int | None = None) -> None:
+    def __init__(self, distribution: str = DEFAULT_PERTURBATION, num_threads: int | None = None) -> None:
         self.law = get_distribution(distribution)
         self.distribution = distribution
         self.num_threads = num_threads or min(4, os.cpu_count() or 1)
