@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from hf_fedzo.engine import IndexedParameter, ZOEstimator, ZOOptimizer, ZOSettings
+from hf_fedzo.engine import PERTURBATIONS, IndexedParameter, ZOEstimator, ZOOptimizer, ZOSettings
 from hf_fedzo.engine.split import SplitExecutor, find_layer_stack
 
 
@@ -238,6 +238,9 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--laws", nargs="+", choices=sorted(PERTURBATIONS), default=None,
+                        help="direction laws of the full-weight rows (default: the library's, gaussian, "
+                             "rademacher_philox)")
     parser.add_argument("--child", choices=["inference", "zo", "adamw"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -252,7 +255,8 @@ def main() -> None:
     bytes_per_s = bandwidth(args.threads)
     print(f"memory bandwidth (a.add_(b), float32, {args.threads} threads): {bytes_per_s / 1e9:.1f} GB/s")
     default = ZOSettings().perturbation
-    laws = [default, *(law for law in ("gaussian", "gaussian_table", "rademacher_philox") if law != default)]
+    laws = args.laws or [default, *(law for law in ("gaussian", "gaussian_table", "rademacher_philox")
+                                    if law != default)]
     settings_rows = []
     for law in laws:
         tag = f"{law}{' (default)' if law == default else ''}"
