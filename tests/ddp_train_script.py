@@ -7,6 +7,7 @@ import torch
 from accelerate import PartialState
 
 from hf_fedzo import ZOConfig, ZOSplitTrainer
+from hf_fedzo.runs.entry import end_process_group
 from tests.test_trainer import pattern_dataset
 from tests.tiny_models import llama
 
@@ -22,3 +23,4 @@ state = PartialState()  # the singleton the trainer initialised (MULTI_CPU, gloo
 with open(f"{out}/rank{state.process_index}.json", "w") as f:
     json.dump({"checksum": checksum, "world": state.num_processes,
                "history": [u.to_dict() for u in trainer.zo_optimizer.history]}, f)
+end_process_group()

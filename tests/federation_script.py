@@ -7,6 +7,7 @@ import torch
 from accelerate import PartialState
 
 from hf_fedzo.federation import simulate_federation
+from hf_fedzo.runs.entry import end_process_group
 from tests.federation_setup import batch_loss, checksum, client_data, config, tiny_model
 
 out = sys.argv[1]
@@ -21,3 +22,4 @@ with open(f"{out}/rank{state.process_index}.json", "w") as f:
                           for r in result.rounds],
                "accounting": [{k: {n: x for n, x in a.items() if n != "peak_memory_mib"}
                                for k, a in r.accounting.items()} for r in result.rounds]}, f)
+end_process_group()
