@@ -74,13 +74,47 @@ def test_rademacher_philox_is_signs_from_its_words() -> None:
     assert z.tolist() == [1.0 if bit else -1.0 for bit in bits]
 
 
-def test_gaussian_table_is_a_standardised_table_read_at_seeded_offsets() -> None:
+def test_gaussian_table_is_a_white_cycle_read_at_seeded_offsets() -> None:
     law = GaussianTable(CHUNK_NUMEL)
     table = law.table(torch.device("cpu"))
     assert table.numel() == TABLE_OFFSETS + CHUNK_NUMEL
-    assert abs(float(table.double().mean())) < 1e-6 and abs(float(table.double().var(correction=0)) - 1) < 1e-5
+    cycle = table[:TABLE_OFFSETS].double()
+    assert torch.equal(table[TABLE_OFFSETS:], table[:CHUNK_NUMEL])  # windows wrap around the cycle
+    assert abs(float(cycle.square().mean()) - 1) < 1e-6
+    power = torch.fft.rfft(cycle).abs().square() / TABLE_OFFSETS  # flat: every lag but 0 uncorrelated, exactly
+    assert float((power - 1).abs().max()) < 1e-3  # (the 2**-12 rounding grid leaves about 1e-4)
     assert torch.equal(table, GaussianTable(CHUNK_NUMEL).table(torch.device("cpu")))  # rebuilt identically
     seed = (5 << 1) | 1  # offset 5, negative sign
     window, sign = law.draw(seed, torch.empty(10))
     assert sign == -1.0 and torch.equal(window, table[5:15])
+    assert law.draw(((TABLE_OFFSETS - 3) << 1), torch.empty(10))[0].tolist() == table[-CHUNK_NUMEL - 3:][:10].tolist()
     assert get_distribution("gaussian_table").draw(seed, torch.empty(10))[1] == -1.0
+
+
+def test_gaussian_table_window_sums_have_the_iid_second_moment() -> None:
+    """Over all offsets, E[(sum of a window)²] = window length: a gradient of one sign sees i.i.d.-like z."""
+    law = GaussianTable(1 << 12, offsets=1 << 14)
+    cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), law.table(torch.device("cpu")).double().cumsum(0)])
+    for width in (1 << 12, 1 << 8):
+        sums = cumulative[width:width + (1 << 14)] - cumulative[:1 << 14]
+        assert float(sums.square().mean()) / width == pytest.approx(1, abs=1e-3)
+
+
+def test_gaussian_table_is_the_same_with_another_fft_library() -> None:
+    """numpy's pocketfft and torch's FFT differ in the last float64 bits; the rounding grid absorbs that."""
+    import numpy as np
+
+    law = GaussianTable(1 << 12, offsets=1 << 16)
+    cycle = law.table(torch.device("cpu"))[:1 << 16].numpy()
+    generator = torch.Generator().manual_seed(law.seed)
+    phase = torch.rand((1 << 15) + 1, generator=generator, dtype=torch.float64).mul_(2 * np.pi).numpy()
+    ends = torch.randint(0, 2, (2,), generator=generator, dtype=torch.float64).mul_(2).sub_(1).numpy()
+    spectrum = np.exp(1j * phase)
+    spectrum[0], spectrum[-1] = ends
+    rebuilt = np.round(np.fft.irfft(spectrum * np.sqrt(1 << 16), n=1 << 16) * 4096) / 4096
+    assert np.array_equal(rebuilt.astype(np.float32), cycle)
+
+
+def test_gaussian_table_refuses_a_period_shorter_than_a_chunk() -> None:
+    with pytest.raises(ValueError, match="offsets"):
+        GaussianTable(1 << 12, offsets=1 << 10)
