@@ -26,9 +26,10 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from benchmarks.estimator_quality import load_params, load_setup, true_gradient
+from benchmarks.laws import laws_default_first
 from hf_fedzo.engine import PERTURBATIONS, DirectionApplier, IndexedParameter, SeedScope, trainable_parameters
 
-LAWS = ("gaussian_table", "gaussian", "rademacher_philox", "rademacher")
+LAWS = tuple(laws_default_first(("gaussian", "gaussian_table", "rademacher_philox", "rademacher")))
 
 
 def moments(params: Sequence[IndexedParameter], grad: Mapping[int, torch.Tensor], law: str, directions: int,

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 
+from benchmarks.laws import law_label, laws_default_first
 from benchmarks.smollm2_shape import smollm2_shaped, token_batch
 from hf_fedzo.engine import SeedScope, ZOEstimator, ZOSettings, ZOUpdate, apply_updates
 
@@ -60,10 +61,9 @@ def main() -> None:
     print(f"SmolLM2-135M shape, one round = {args.local_steps} log records (P1=1, P2=4, split auto), forward on "
           f"{args.batch}x{args.seq} tokens, {torch.get_num_threads()} threads\n")
     results = {}
-    default = ZOSettings().perturbation
-    laws = [default, *(law for law in ("gaussian", "gaussian_table", "rademacher_philox") if law != default)]
-    arms = [(f"LoRA r=8, {default} (default)", 8, default),
-            *((f"full weights, {law}{' (default)' if law == default else ''}", None, law) for law in laws)]
+    laws = laws_default_first()
+    arms = [(f"LoRA r=8, {law_label(laws[0])}", 8, laws[0]),
+            *((f"full weights, {law_label(law)}", None, law) for law in laws)]
     for name, lora_r, perturbation in arms:
         results[name] = measure(lora_r, args.local_steps, 1, 4, batch, args.repeats, perturbation)
         replay, forward = results[name]

@@ -6,7 +6,7 @@ memory do not depend on the values). For each setting the script times a full ZO
 unperturbed model, side by side in one process, and prints the ratio. Memory is the peak RSS of a
 fresh subprocess running inference only versus one running ZO steps.
 
-    python benchmarks/step_overhead.py            # targets: time <= 1.10, memory <= 1.15
+    python -m benchmarks.step_overhead            # targets: time <= 1.10, memory <= 1.15
 
 Every direction law is timed: the default ``gaussian_table`` and ``rademacher_philox`` (``engine/noise.py``, about
 one memory pass per perturbation) and MeZO's mt19937 ``gaussian`` (~4 ns per element). Beside each ratio is the
@@ -25,10 +25,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from benchmarks.laws import law_label, laws_default_first
 from hf_fedzo.engine import PERTURBATIONS, IndexedParameter, ZOEstimator, ZOOptimizer, ZOSettings
 from hf_fedzo.engine.split import SplitExecutor, find_layer_stack
 
@@ -165,8 +167,9 @@ def time_reference(model: torch.nn.Module, batch: dict[str, torch.Tensor], repea
 
 
 def peak_rss_child(mode: str, args: argparse.Namespace) -> float:
-    out = subprocess.run([sys.executable, __file__, "--child", mode, "--batch", str(args.batch), "--seq",
-                          str(args.seq)], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "benchmarks.step_overhead", "--child", mode, "--batch", str(args.batch),
+                          "--seq", str(args.seq)], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"]
 
 
@@ -254,12 +257,11 @@ def main() -> None:
           f"{args.threads} threads, torch {torch.__version__}")
     bytes_per_s = bandwidth(args.threads)
     print(f"memory bandwidth (a.add_(b), float32, {args.threads} threads): {bytes_per_s / 1e9:.1f} GB/s")
-    default = ZOSettings().perturbation
-    laws = args.laws or [default, *(law for law in ("gaussian", "gaussian_table", "rademacher_philox")
-                                    if law != default)]
+    default = laws_default_first()[0]
+    laws = args.laws or laws_default_first()
     settings_rows = []
     for law in laws:
-        tag = f"{law}{' (default)' if law == default else ''}"
+        tag = law_label(law)
         settings_rows += [(f"full, MeZO (P1=1,P2=1,none), {tag}", ZOSettings(p1=1, p2=1, split="none",
                                                                              perturbation=law), False),
                           (f"full, FedSPZO (P1=1,P2=4,auto), {tag}", ZOSettings(p1=1, p2=4, split="auto",
