@@ -43,7 +43,7 @@ _OFFSET_SHIFT = 1
 
 
 class GaussianTable:
-    """``draw(seed, buffer)`` returns a window of the shared standard-normal table and the sign to apply it with."""
+    """``draw(seed, buffer)`` returns a window of the shared white-noise cycle and the sign to apply it with."""
 
     def __init__(self, chunk_numel: int, offsets: int = TABLE_OFFSETS, seed: int = TABLE_SEED) -> None:
         if offsets % 2 or offsets < chunk_numel:
