@@ -128,3 +128,16 @@ def _fake_report(round_id: int, client_id: int, config) -> bytes:
     scalars = generator.standard_normal(config.round_settings().scalar_shape).astype(np.float32)
     scalars[0, 0, 0] *= 50 if round_id % 2 else 1  # an outlier every other round
     return encode(ClientReport(round_id, client_id, 10, scalars, 1.0, 1.0))
+
+
+def test_round_records_count_the_scalars_the_server_clipped() -> None:
+    """A clipped federation says so, per round, in its records and round lines; one that never clips adds nothing."""
+    from hf_fedzo.federation.records import RoundRecord
+
+    _, clipped_rounds = _federate(zo_clip=0.5, learning_rate=2e-2)
+    assert sum(r.zo_clipped for r in clipped_rounds) > 0
+    for record in clipped_rounds:
+        assert RoundRecord.from_dict(record.to_dict()) == record
+        assert ("zo_clipped" in record.to_dict()) == (record.zo_clipped > 0)
+    _, loose_rounds = _federate(zo_clip=1e12)
+    assert all(r.zo_clipped == 0 and "zo_clipped" not in r.to_dict() for r in loose_rounds)

@@ -66,6 +66,7 @@ class RoundRecord:
     failed: dict[int, str] = field(default_factory=dict)
     resynced: dict[int, int] = field(default_factory=dict)
     clipped: dict[int, str] = field(default_factory=dict)  # what the server's screening did to a client's report
+    zo_clipped: int = 0  # aggregated scalars this round that --zo_clip cut to its bound
     eval: dict[str, float] | None = None
     # Heterogeneous rounds: per client, its active positions, lr, work per block and measured peak memory.
     accounting: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -75,11 +76,14 @@ class RoundRecord:
         return self.work.flops
 
     def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in asdict(self).items() if k not in ("work", "eval", "clipped", "accounting")}
+        data = {k: v for k, v in asdict(self).items()
+                if k not in ("work", "eval", "clipped", "zo_clipped", "accounting")}
         for name in ("rejected", "bytes_down", "bytes_up", "failed", "resynced"):
             data[name] = {str(k): v for k, v in data[name].items()}
         if self.clipped:  # only rounds where screening acted carry it
             data["clipped"] = {str(k): v for k, v in self.clipped.items()}
+        if self.zo_clipped:  # only with --zo_clip, and only in rounds where it cut something
+            data["zo_clipped"] = self.zo_clipped
         data |= self.work.to_dict() | {"flops": self.flops}
         if self.accounting:
             data["accounting"] = {str(k): v for k, v in self.accounting.items()}
@@ -98,7 +102,8 @@ class RoundRecord:
                    work=work, cumulative_flops=int(data["cumulative_flops"]), train_loss=data["train_loss"],
                    seconds=float(data["seconds"]), unreachable=list(data.get("unreachable", [])),
                    unanswered=list(data.get("unanswered", [])), failed=by_client("failed"),
-                   resynced=by_client("resynced"), clipped=by_client("clipped"), eval=data.get("eval"),
+                   resynced=by_client("resynced"), clipped=by_client("clipped"),
+                   zo_clipped=int(data.get("zo_clipped", 0)), eval=data.get("eval"),
                    accounting=by_client("accounting"))
 
 

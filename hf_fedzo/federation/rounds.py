@@ -137,6 +137,7 @@ def run_rounds(server: FederatedServer, exchange: Exchange, *,
         exchanged = exchange.exchange(server, round_id, [k for k in sampled if k not in dropped])
         rejected = accept_reports(server, exchanged.clients)
         accepted = server.accepted_reports()
+        clipped_before = server.clipped_scalars
         exchange.apply(server.finish_round(), round_id)
 
         work = sum((c.work for c in exchanged.clients), WorkCounters())
@@ -150,7 +151,8 @@ def run_rounds(server: FederatedServer, exchange: Exchange, *,
             bytes_up={c.client_id: c.bytes_up for c in exchanged.clients if c.bytes_up is not None},
             work=work, cumulative_flops=spent, train_loss=train_loss, seconds=time.perf_counter() - started,
             unreachable=exchanged.unreachable, unanswered=exchanged.unanswered, failed=exchanged.failed,
-            resynced=exchanged.resynced, clipped=dict(server.clipped), accounting=server.accounting(exchanged.clients))
+            resynced=exchanged.resynced, clipped=dict(server.clipped),
+            zo_clipped=server.clipped_scalars - clipped_before, accounting=server.accounting(exchanged.clients))
         # The round's line goes out as soon as its training is done, before any evaluation: an evaluation can take
         # as long as a round, and a user should not wait for both to see that the run moves.
         if exchange.is_main_process:
@@ -204,6 +206,8 @@ class RoundPace:
             answered += f" ({len(record.rejected)} rejected)"
         parts = [f"{config.method} {position}", answered,
                  "train loss n/a" if record.train_loss is None else f"train loss {record.train_loss:.4f}"]
+        if record.zo_clipped:
+            parts.append(f"{record.zo_clipped} scalars clipped (--zo_clip)")
         parts += [f"{record.cumulative_flops / 1e12:.2f} TFLOPs", f"elapsed {format_duration(elapsed)}",
                   f"ETA {format_duration(elapsed / self.ran * rounds_left)}"]
         return " | ".join(parts)
