@@ -131,7 +131,7 @@ def _fake_report(round_id: int, client_id: int, config) -> bytes:
 
 
 def test_round_records_count_the_scalars_the_server_clipped() -> None:
-    """A clipped federation says so, per round, in its records and round lines; one that never clips adds nothing."""
+    """A clipped federation says so, per round, in its records; one that never clips adds nothing to them."""
     from hf_fedzo.federation.records import RoundRecord
 
     _, clipped_rounds = _federate(zo_clip=0.5, learning_rate=2e-2)
