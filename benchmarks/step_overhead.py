@@ -32,6 +32,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from benchmarks.laws import law_label, laws_default_first
 from hf_fedzo.engine import PERTURBATIONS, IndexedParameter, ZOEstimator, ZOOptimizer, ZOSettings
+from hf_fedzo.engine.perturbation import DEFAULT_PERTURBATION
 from hf_fedzo.engine.split import SplitExecutor, find_layer_stack
 
 
@@ -257,7 +258,6 @@ def main() -> None:
           f"{args.threads} threads, torch {torch.__version__}")
     bytes_per_s = bandwidth(args.threads)
     print(f"memory bandwidth (a.add_(b), float32, {args.threads} threads): {bytes_per_s / 1e9:.1f} GB/s")
-    default = laws_default_first()[0]
     laws = args.laws or laws_default_first()
     settings_rows = []
     for law in laws:
@@ -266,7 +266,8 @@ def main() -> None:
                                                                              perturbation=law), False),
                           (f"full, FedSPZO (P1=1,P2=4,auto), {tag}", ZOSettings(p1=1, p2=4, split="auto",
                                                                                perturbation=law), False)]
-    settings_rows.append((f"LoRA r8, FedSPZO (P1=1,P2=4,auto), {default}", ZOSettings(p1=1, p2=4, split="auto"), True))
+    settings_rows.append((f"LoRA r8, FedSPZO (P1=1,P2=4,auto), {DEFAULT_PERTURBATION}",
+                          ZOSettings(p1=1, p2=4, split="auto"), True))
     rows = []
     for label, settings, peft in settings_rows:
         target = lora(build_model()) if peft else model
