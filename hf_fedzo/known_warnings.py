@@ -1,11 +1,13 @@
-"""Two warnings on the default path that look like failures and are not, each hidden by its exact text.
+"""Warnings on the default path that look like failures and are not, each hidden by its exact text.
 
-1. bitsandbytes, when imported on a CPU with AVX512-BF16, tries to load an optional faster 4-bit kernel through
-   the ``kernels`` package and logs a warning when that package is not installed. PEFT imports bitsandbytes with
-   itself (so does anything importing peft, hf_fedzo included), yet only QLoRA's 4-bit layers could use that
-   kernel, and without it bitsandbytes runs its own CPU kernel. Only the "No module named 'kernels'" record is
-   dropped: any other failure to load the kernel still shows. The filter goes on bitsandbytes' logger when
-   hf_fedzo is imported, since the record is emitted once, at bitsandbytes' import, before any model exists.
+1. bitsandbytes, when imported on a CPU with AVX512-BF16, tries to load an optional faster 4-bit kernel from the
+   Hub (``kernels-community/quantization-bitsandbytes``) through the ``kernels`` package, and logs a warning when
+   it cannot: the package is not installed (transformers < 5.25 does not require it), or the Hub is offline and
+   the kernel is not cached (then ``kernels`` first warns that it skips the publisher check). PEFT imports
+   bitsandbytes with itself (so does anything importing peft, hf_fedzo included), yet only QLoRA's 4-bit layers
+   could use that kernel, and without it bitsandbytes runs its own CPU kernel. Only these two reasons are
+   dropped: any other failure to load the kernel still shows. The filters go on the two loggers when hf_fedzo
+   is imported, since the records are emitted once, at bitsandbytes' import, before any model exists.
 2. PEFT reads ``model.is_gradient_checkpointing`` while wrapping a model, a property transformers 5 deprecated
    with a FutureWarning addressed to PEFT, not to the user (ZO runs no backward pass to checkpoint). It is
    hidden only around the wrap (:func:`peft_deprecations_hidden`).
@@ -22,22 +24,40 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 BNB_LOGGER = "bitsandbytes.backends.cpu.ops"
-BNB_KERNELS_MISSING = "Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'"
+BNB_KERNEL_FAILED = "Failed to load CPU gemm_4bit_forward from kernels-community: "
+BNB_KERNELS_MISSING = BNB_KERNEL_FAILED + "No module named 'kernels'"
+BNB_KERNEL_NOT_CACHED = (BNB_KERNEL_FAILED + "Version 1 of 'kernels-community/quantization-bitsandbytes' is not "
+                         "available in the local cache and Hugging Face Hub is in offline mode.")
+KERNELS_LOGGER = "kernels._internals.hf_hub"
+KERNELS_TRUST_SKIPPED = ("Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' "
+                         "because Hugging Face Hub is in offline mode.")
 CHECKPOINTING_DEPRECATION = "`is_gradient_checkpointing` is deprecated"
 
 
-class KernelsMissingFilter(logging.Filter):
-    """Drops bitsandbytes' "``kernels`` package missing" record (``BNB_KERNELS_MISSING``) and nothing else."""
+class BnbKernelFallbackFilter(logging.Filter):
+    """Drops bitsandbytes' "optional kernel not loaded" record when the reason is the ``kernels`` package missing
+    (``BNB_KERNELS_MISSING``) or the kernel not cached while offline (``BNB_KERNEL_NOT_CACHED``), and nothing
+    else."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(BNB_KERNELS_MISSING)
+        return not record.getMessage().startswith((BNB_KERNELS_MISSING, BNB_KERNEL_NOT_CACHED))
+
+
+class KernelTrustSkippedFilter(logging.Filter):
+    """Drops the ``kernels`` package's offline "skipping publisher trust check" record for bitsandbytes' kernel
+    (``KERNELS_TRUST_SKIPPED``), and nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != KERNELS_TRUST_SKIPPED
 
 
 def install_log_filters() -> None:
-    """Put :class:`KernelsMissingFilter` on bitsandbytes' CPU logger (once; before or after its import)."""
-    bnb_logger = logging.getLogger(BNB_LOGGER)
-    if not any(isinstance(f, KernelsMissingFilter) for f in bnb_logger.filters):
-        bnb_logger.addFilter(KernelsMissingFilter())
+    """Put the filters on bitsandbytes' CPU logger and the ``kernels`` Hub logger (once; before or after their
+    import)."""
+    for name, kind in ((BNB_LOGGER, BnbKernelFallbackFilter), (KERNELS_LOGGER, KernelTrustSkippedFilter)):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in logger.filters):
+            logger.addFilter(kind())
 
 
 @contextmanager
@@ -49,5 +69,5 @@ def peft_deprecations_hidden() -> Iterator[None]:
         yield
 
 
-__all__ = ["BNB_KERNELS_MISSING", "BNB_LOGGER", "CHECKPOINTING_DEPRECATION", "install_log_filters",
-           "peft_deprecations_hidden"]
+__all__ = ["BNB_KERNELS_MISSING", "BNB_KERNEL_NOT_CACHED", "BNB_LOGGER", "CHECKPOINTING_DEPRECATION",
+           "KERNELS_LOGGER", "KERNELS_TRUST_SKIPPED", "install_log_filters", "peft_deprecations_hidden"]

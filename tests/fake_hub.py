@@ -12,7 +12,8 @@ Pushes in the tests go through the real ``huggingface_hub`` client (``HF_ENDPOIN
 * ``POST /api/models/{repo}/branch/{branch}``;
 * ``GET /api/models/{repo}[/revision/{rev}]`` (repo info, used when a commit turns out empty);
 * ``HEAD``/``GET /{repo}/resolve/{rev}/{path}`` with ``X-Repo-Commit`` and ``ETag`` (downloads);
-* ``GET /api/agent-harnesses`` (a user-agent lookup the client makes; answered 404, see ``_agents``).
+* ``GET /api/agent-harnesses`` (a user-agent lookup the client makes; answered 404, see ``_agents``);
+* ``GET /api/organizations/{org}/overview`` (answered 404: the fake Hub hosts no organisation; see ``_organization``).
 
 Failures are injected per endpoint: ``hub.fail["commit"] = 500`` answers that status, ``hub.delay["commit"]
 = 2.0`` sleeps first (a time-out). Only ``hub.token`` is accepted for writes (401 otherwise).
@@ -45,6 +46,7 @@ _ROUTES: list[tuple[str, str, re.Pattern[str]]] = [
         ("GET", "resolve", rf"^/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"),
         ("HEAD", "resolve", rf"^/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"),
         ("GET", "agents", r"^/api/agent-harnesses$"),
+        ("GET", "organization", r"^/api/organizations/(?P<org>[^/]+)/overview$"),
     ]
 ]
 
@@ -175,6 +177,12 @@ class FakeHub:
         # The client looks up AI-agent harnesses for its user agent and caches a successful answer in
         # HF_HOME; answering 404 keeps tests from writing into the user's cache.
         return _json(404, {"error": "not served by the fake hub"})
+
+    def _organization(self, groups: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
+        # bitsandbytes, imported online by a fresh process (the CLI push), asks the ``kernels`` package (a
+        # dependency of transformers >= 5.25) for an optional CPU kernel, which first checks its publisher,
+        # kernels-community. Not found, the kernel is not loaded and bitsandbytes keeps its own.
+        return _json(404, {"error": f"fake hub: no organization {groups['org']!r}"})
 
     def _preupload(self, groups: dict[str, str], body: bytes) -> tuple[int, dict[str, str], bytes]:
         _, head, error = self._repo_and_head(groups)

@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 
 from hf_fedzo.federation import simulate_federation
-from hf_fedzo.known_warnings import BNB_KERNELS_MISSING, BNB_LOGGER, CHECKPOINTING_DEPRECATION
+from hf_fedzo.known_warnings import (
+    BNB_KERNEL_NOT_CACHED,
+    BNB_KERNELS_MISSING,
+    BNB_LOGGER,
+    CHECKPOINTING_DEPRECATION,
+    KERNELS_LOGGER,
+    KERNELS_TRUST_SKIPPED,
+)
 from hf_fedzo.progress import LIBRARY_LOGGER, format_duration, set_verbosity
 from hf_fedzo.runs.threads import choose_threads
 from tests.federation_setup import batch_loss, checksum, client_data, config, tiny_model
@@ -128,20 +135,36 @@ def test_recipes_import_hf_fedzo_before_torch(recipe: Path) -> None:
     assert isinstance(first, ast.Import) and first.names[0].name == "hf_fedzo", f"{recipe}: import hf_fedzo first"
 
 
-def test_bitsandbytes_kernels_warning_is_hidden_and_others_are_not(caplog: pytest.LogCaptureFixture) -> None:
-    import hf_fedzo  # noqa: F401  (installs the filter on import)
+def test_bitsandbytes_kernel_fallback_warnings_are_hidden_and_others_are_not(caplog: pytest.LogCaptureFixture) -> None:
+    import hf_fedzo  # noqa: F401  (installs the filters on import)
 
-    bnb = logging.getLogger(BNB_LOGGER)
+    bnb, kernels = logging.getLogger(BNB_LOGGER), logging.getLogger(KERNELS_LOGGER)
+    template = "Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already " \
+               "`pip install kernels` and the kernels >= 0.11.1"
+    not_cached = ("Version 1 of 'kernels-community/quantization-bitsandbytes' is not available in the local cache "
+                  "and Hugging Face Hub is in offline mode. Download the kernel while online first, or pass an "
+                  "explicit `revision=<commit>`.")
     with caplog.at_level(logging.WARNING):
-        bnb.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure you already "
-                    "`pip install kernels` and the kernels >= 0.11.1", ModuleNotFoundError("No module named 'kernels'"))
-        bnb.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure ...",
-                    RuntimeError("kernel download failed"))
+        bnb.warning(template, ModuleNotFoundError("No module named 'kernels'"))
+        bnb.warning(template, ValueError(not_cached))
+        kernels.warning(KERNELS_TRUST_SKIPPED)
+        bnb.warning(template, RuntimeError("kernel download failed"))
+        kernels.warning("Skipping publisher trust check for 'someone/else' because Hugging Face Hub is in offline "
+                        "mode.")
         bnb.warning("another bitsandbytes warning")
     messages = [r.getMessage() for r in caplog.records]
-    assert not any(m.startswith(BNB_KERNELS_MISSING) for m in messages)
-    assert len(messages) == 2 and "kernel download failed" in messages[0]
-    assert messages[1] == "another bitsandbytes warning"
+    assert not any(m.startswith((BNB_KERNELS_MISSING, BNB_KERNEL_NOT_CACHED)) for m in messages)
+    assert len(messages) == 3 and "kernel download failed" in messages[0]
+    assert "'someone/else'" in messages[1] and messages[2] == "another bitsandbytes warning"
+
+
+def test_importing_hf_fedzo_offline_prints_nothing() -> None:
+    """The warnings above are emitted in a fresh process importing bitsandbytes (through PEFT) on CPUs with
+    AVX512-BF16, as every hf_fedzo user does; offline, with or without the ``kernels`` package, nothing shows."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", "import hf_fedzo, peft, bitsandbytes"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
 
 
 def test_peft_checkpointing_deprecation_is_hidden_only_around_the_wrap() -> None:
