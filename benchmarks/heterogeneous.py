@@ -1,9 +1,10 @@
 """Heterogeneous federations: what to do with clients that can afford only the top quarter of the layers.
 
-Real SmolLM2-135M-Instruct with LoRA (r=8, q_proj/v_proj) on the VADER movie sentences (MeZO's SST-2 prompt),
-8 clients with a Dirichlet(0.5) label skew, 4 sampled per round; clients 4-7 are weak (the ``half-quarter``
-profile: a FLOP budget per local step of training the top quarter of the layers). Arms, all FedSPZO at the
-default split, the same seed, data order and sampling:
+Real SmolLM2-135M-Instruct with LoRA (r=8, q_proj/v_proj) on the VADER movie sentences, with the prompt
+``--prompt auto`` would choose (scored zero-shot on validation rows the curves do not use), 8 clients with a
+Dirichlet(0.5) label skew, 4 sampled per round; clients 4-7 are weak (the ``half-quarter`` profile: a FLOP
+budget per local step of training the top quarter of the layers). Arms, all FedSPZO at the default split, the
+same seed, data order and sampling:
 
 * ``all-weak``: everyone runs the weak clients' setting (``all-quarter`` budgets, ``top``);
 * ``exclude-weak``: the weak clients are left out (a federation of clients 0-3, half as many per round);
@@ -58,12 +59,13 @@ ARMS = (Arm("all-weak", "all-quarter"), Arm("exclude-weak", None, "none", strong
 @dataclass(frozen=True)
 class Setup:
     model: str
-    rounds: int = 120
+    rounds: int = 60
     eval_every: int = 10
-    eval_samples: int = 256
+    eval_samples: int = 512  # the first validation rows: every curve point
+    prompt_examples: int = 128  # the next ones: the prompt selection
     num_clients: int = 8
     clients_per_round: int = 4
-    local_steps: int = 4
+    local_steps: int = 2
     batch_size: int = 8
     learning_rate: float = 5e-3
     zo_eps: float = 1e-2
@@ -73,29 +75,39 @@ class Setup:
     seed: int = 0
 
 
-QUICK = {"rounds": 4, "eval_every": 2, "eval_samples": 32, "local_steps": 1, "batch_size": 4}
+QUICK = {"rounds": 4, "eval_every": 2, "eval_samples": 32, "prompt_examples": 16, "local_steps": 1, "batch_size": 4}
 
 
 # ------------------------------------------------------------------------------------------------- running
 
-def real_task(setup: Setup) -> tuple[Callable[[], Any], Any, Any, Any]:
-    """Model factory, task, training rows and validation rows of the real setup (SmolLM2 + LoRA, VADER)."""
+def real_task(setup: Setup, task: Any = None) -> tuple[Callable[[], Any], Any, Any, Any]:
+    """Model factory, task, training rows and evaluation rows of the real setup (SmolLM2 + LoRA, VADER).
+
+    Without ``task``, the prompt is chosen as ``--prompt auto`` does (balanced accuracy, zero-shot, with and
+    without calibration) on the ``prompt_examples`` validation rows after the ``eval_samples`` the curves use."""
     import torch
 
     from hf_fedzo.data import load_task_dataset
     from hf_fedzo.runs import ModelArguments, load_model, load_tokenizer
-    from hf_fedzo.tasks import load_task
+    from hf_fedzo.tasks import select_prompt
 
     args = ModelArguments(model_name_or_path=setup.model, peft="lora", lora_r=setup.lora_r,
                           lora_alpha=2 * setup.lora_r, lora_target_modules=["q_proj", "v_proj"])
-    task = load_task("sst2", load_tokenizer(args, kind="causal"), model_kind="causal", max_length=setup.max_length)
     raw = load_task_dataset("vader")
+    validation = raw["validation"]
 
     def model() -> Any:
         torch.manual_seed(setup.seed)  # the same LoRA initialisation in every arm
         return load_model(args, "causal")
 
-    return model, task, raw["train"], raw["validation"].select(range(setup.eval_samples))
+    if task is None:
+        held = validation.select(range(setup.eval_samples, setup.eval_samples + setup.prompt_examples))
+        task, selection = select_prompt(model(), load_tokenizer(args, kind="causal"), held, "sst2",
+                                        num_examples=None, max_length=setup.max_length)
+        print(f"prompt: {selection.best.name}{' (calibrated)' if selection.best.calibrated else ''}, balanced "
+              f"accuracy {selection.best.metrics['balanced_accuracy']:.3f} on {len(held)} validation rows",
+              flush=True)
+    return model, task, raw["train"], validation.select(range(setup.eval_samples))
 
 
 def arm_config(setup: Setup, arm: Arm) -> Any:
@@ -125,20 +137,20 @@ def run_arm(setup: Setup, arm: Arm, output: Path, model_fn: Callable[[], Any], b
     return {"arm": arm.name, "rounds": rounds, "wall_s": time.perf_counter() - started}
 
 
-def measure_peak_memory(setup: Setup, active: str | None) -> float:
+def measure_peak_memory(setup: Setup, task: Any, active: str | None) -> float:
     """Peak memory (MiB) of one client's local steps with ``active`` (None: everything), in a fresh process."""
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        return float(pool.apply(_client_peak, (setup, active)))
+        return float(pool.apply(_client_peak, (setup, task, active)))
 
 
-def _client_peak(setup: Setup, active: str | None) -> float:
+def _client_peak(setup: Setup, task: Any, active: str | None) -> float:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from hf_fedzo.federation import FederationConfig, ZOClient, task_batch_loss, task_clients
 
-    model_fn, task, train, _ = real_task(setup)
+    model_fn, task, train, _ = real_task(setup, task)
     config = FederationConfig(num_clients=setup.num_clients, clients_per_round=1, local_steps=setup.local_steps,
                               batch_size=setup.batch_size, zo_eps=setup.zo_eps, partition="iid", seed=setup.seed)
     clients, _ = task_clients(task, train.select(range(64)), config)
@@ -237,8 +249,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         probe_client = ZOClient(model_fn(), task_batch_loss(task))
         costs = probe_client.layer_costs(arm_config(setup, ARMS[2]).round_settings(),
                                          clients[0].round_batches(setup.seed, 0, 0, 1, setup.batch_size)[0])
-        memory = {"strong (all layers)": measure_peak_memory(setup, None),
-                  "weak (top quarter)": measure_peak_memory(setup, costs.top(0.25).id)}
+        memory = {"strong (all layers)": measure_peak_memory(setup, task, None),
+                  "weak (top quarter)": measure_peak_memory(setup, task, costs.top(0.25).id)}
     write_json(output / "heterogeneous.json", {"setup": dataclasses.asdict(setup), "zero_shot": zero_shot,
                                                "table": table, "peak_memory_mib": memory})
     by_arm = {run["arm"]: curves(run, zero_shot)["flops"] for run in runs}
