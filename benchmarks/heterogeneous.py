@@ -67,7 +67,7 @@ class Setup:
     clients_per_round: int = 4
     local_steps: int = 2
     batch_size: int = 8
-    learning_rate: float = 5e-3
+    learning_rate: float = 2e-3
     zo_eps: float = 1e-2
     dirichlet_alpha: float = 0.5
     lora_r: int = 8
