@@ -254,10 +254,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     write_json(output / "heterogeneous.json", {"setup": dataclasses.asdict(setup), "zero_shot": zero_shot,
                                                "table": table, "peak_memory_mib": memory})
     by_arm = {run["arm"]: curves(run, zero_shot)["flops"] for run in runs}
-    points = {arm: ([p[0] for p in c], [p[1] for p in c]) for arm, c in by_arm.items()}
+    points = {arm: ([p[0] / 1e12 for p in c], [p[1] for p in c]) for arm, c in by_arm.items()}
+    positive = sum(validation["label"]) / len(validation)
     draw_curves(output / "accuracy_vs_flops.png", points,
-                xlabel="cumulative forward FLOPs (all clients)", ylabel="validation accuracy",
-                title="homogeneous vs heterogeneous federations")
+                xlabel="cumulative forward TFLOPs (all clients)",
+                ylabel=f"accuracy on {len(validation)} validation sentences",
+                title=f"heterogeneous federations, seed {setup.seed}",
+                min_yspan=0.1, y_bounds=(0.0, 1.0),
+                reference=[("zero-shot", zero_shot), ("majority class", max(positive, 1 - positive))])
     print(report(table, memory))
     print(json.dumps({"zero_shot": zero_shot}))
     if {"zorba", "exclude-weak", "all-weak"} <= set(table["arms"]):
