@@ -18,7 +18,11 @@ simulator runs clients one after the other): every client computes at the same r
 client bounds a round, so a round lasts ``max_k FLOPs_k / rate`` (reported in units of a full-model client's
 local steps). The comparison points are the smallest total any arm reached (equal FLOPs, equal wall-clock),
 read off each curve by linear interpolation. Peak memory per client kind is measured in a fresh process per
-kind (peak RSS of one client's local steps on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU).
+kind, over one client's local steps (the resident high-water mark from the steps' start on the CPU,
+``torch.cuda.max_memory_allocated`` on a GPU): a strong client, a weak one, and a weak one that holds the base
+weights of the layers it does not train in bfloat16 (``frozen_dtype``, a standalone client). Each probe first
+copies the weights into the process's own memory: ``from_pretrained`` leaves them as pages of the mmap'ed
+checkpoint, which stay mapped (and resident until the kernel needs the memory) after a lowering drops them.
 
     hf-fedzo prepare-assets
     python -m benchmarks.heterogeneous --output_dir out/heterogeneous          # the full run
@@ -137,24 +141,34 @@ def run_arm(setup: Setup, arm: Arm, output: Path, model_fn: Callable[[], Any], b
     return {"arm": arm.name, "rounds": rounds, "wall_s": time.perf_counter() - started}
 
 
-def measure_peak_memory(setup: Setup, task: Any, active: str | None) -> float:
-    """Peak memory (MiB) of one client's local steps with ``active`` (None: everything), in a fresh process."""
+def measure_peak_memory(setup: Setup, task: Any, active: str | None, frozen_dtype: str | None = None) -> float:
+    """Peak memory (MiB) of one client's local steps with ``active`` (None: everything), in a fresh process;
+    with ``frozen_dtype``, a standalone client that holds its frozen layers' base weights in that dtype."""
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        return float(pool.apply(_client_peak, (setup, task, active)))
+        return float(pool.apply(_client_peak, (setup, task, active, frozen_dtype)))
 
 
-def _client_peak(setup: Setup, task: Any, active: str | None) -> float:
+def _client_peak(setup: Setup, task: Any, active: str | None, frozen_dtype: str | None = None) -> float:
+    import gc
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
     from hf_fedzo.federation import FederationConfig, ZOClient, task_batch_loss, task_clients
 
     model_fn, task, train, _ = real_task(setup, task)
     config = FederationConfig(num_clients=setup.num_clients, clients_per_round=1, local_steps=setup.local_steps,
-                              batch_size=setup.batch_size, zo_eps=setup.zo_eps, partition="iid", seed=setup.seed)
+                              batch_size=setup.batch_size, zo_eps=setup.zo_eps, partition="iid", seed=setup.seed,
+                              block_allocation="top" if frozen_dtype else "none", frozen_dtype=frozen_dtype)
     clients, _ = task_clients(task, train.select(range(64)), config)
-    client = ZOClient(model_fn(), task_batch_loss(task))
+    model = model_fn()
+    with torch.no_grad():  # own the weights: from_pretrained leaves them as pages of the mmap'ed checkpoint
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
+    gc.collect()
+    client = ZOClient(model, task_batch_loss(task), keep_full_precision=frozen_dtype is None)
     batches = clients[0].round_batches(setup.seed, 0, 0, setup.local_steps, setup.batch_size)
     client.run_local_steps(0, setup.seed, 0, config.round_settings(), batches, active)
     assert client.peak_memory_mib is not None
@@ -224,7 +238,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output_dir", default="out/heterogeneous")
     parser.add_argument("--quick", action="store_true", help="a smoke run: few rounds, few evaluation sentences")
-    parser.add_argument("--arms", nargs="*", default=[a.name for a in ARMS])
+    parser.add_argument("--arms", nargs="*", default=[a.name for a in ARMS], choices=[a.name for a in ARMS],
+                        help="the arms to run, in this order (finished ones in --output_dir are reused)")
     parser.add_argument("--no_memory", action="store_true", help="skip the per-kind peak-memory processes")
     args = parser.parse_args(argv)
     setup = Setup(model=str(smollm2_path()))
@@ -236,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     zero_shot = float(evaluate(model_fn())["accuracy"])
     clients, _ = task_clients(task, train, arm_config(setup, ARMS[2]))
     runs = []
-    for arm in (a for a in ARMS if a.name in args.arms):
+    for arm in (next(a for a in ARMS if a.name == name) for name in dict.fromkeys(args.arms)):
         run = run_arm(setup, arm, output, model_fn, task_batch_loss(task), clients, evaluate)
         runs.append(run)
         print(f"{arm.name}: {len(run['rounds'])} rounds, {run['rounds'][-1]['cumulative_flops'] / 1e12:.2f} TFLOPs, "
@@ -249,8 +264,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         probe_client = ZOClient(model_fn(), task_batch_loss(task))
         costs = probe_client.layer_costs(arm_config(setup, ARMS[2]).round_settings(),
                                          clients[0].round_batches(setup.seed, 0, 0, 1, setup.batch_size)[0])
+        weak = costs.top(0.25).id
         memory = {"strong (all layers)": measure_peak_memory(setup, task, None),
-                  "weak (top quarter)": measure_peak_memory(setup, task, costs.top(0.25).id)}
+                  "weak (top quarter)": measure_peak_memory(setup, task, weak),
+                  "weak, frozen layers in bfloat16": measure_peak_memory(setup, task, weak, "bfloat16")}
     write_json(output / "heterogeneous.json", {"setup": dataclasses.asdict(setup), "zero_shot": zero_shot,
                                                "table": table, "peak_memory_mib": memory})
     by_arm = {run["arm"]: curves(run, zero_shot)["flops"] for run in runs}

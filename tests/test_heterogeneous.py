@@ -258,9 +258,9 @@ def test_the_federated_recipe_takes_the_heterogeneous_flags() -> None:
     parser = recipe_parser((FederationConfig,))
     (parsed,) = parser.parse_args_into_dataclasses(args=[
         "--client_budgets", "half-quarter", "--block_allocation", "zorba", "--client_lr_policy", "fedmezo",
-        "--zorba_min_coverage", "2"])
-    assert (parsed.client_budgets, parsed.block_allocation, parsed.client_lr_policy, parsed.zorba_min_coverage) == (
-        "half-quarter", "zorba", "fedmezo", 2)
+        "--zorba_min_coverage", "2", "--frozen_dtype", "bfloat16"])
+    assert (parsed.client_budgets, parsed.block_allocation, parsed.client_lr_policy, parsed.zorba_min_coverage,
+            parsed.frozen_dtype) == ("half-quarter", "zorba", "fedmezo", 2, "bfloat16")
     assert parsed.heterogeneous and parsed.to_dict()["block_allocation"] == "zorba"
 
 

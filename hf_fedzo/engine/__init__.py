@@ -9,6 +9,7 @@ from hf_fedzo.engine.perturbation import (
     IndexedParameter,
     register_perturbation,
 )
+from hf_fedzo.engine.precision import LOWER_DTYPES, LoweredLinears, lower_dtype, lowerable_bytes
 from hf_fedzo.engine.seeds import SeedScope, direction_seed, mix_seed
 from hf_fedzo.engine.settings import ZOArguments, ZOSettings, zo_field
 from hf_fedzo.engine.split import (
@@ -22,10 +23,12 @@ from hf_fedzo.engine.stability import clip_scalars, clip_threshold, history_thre
 from hf_fedzo.engine.work import WorkCounters
 
 __all__ = [
+    "LOWER_DTYPES",
     "PERTURBATIONS",
     "DirectionApplier",
     "DivergenceError",
     "IndexedParameter",
+    "LoweredLinears",
     "SeedScope",
     "SplitPlan",
     "UnsupportedModelError",
@@ -43,6 +46,8 @@ __all__ = [
     "find_layer_stack",
     "history_threshold",
     "input_shape",
+    "lower_dtype",
+    "lowerable_bytes",
     "mix_seed",
     "recent_scalars",
     "register_perturbation",

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hf_fedzo.engine import find_layer_stack, lower_dtype, lowerable_bytes
 from hf_fedzo.registry import Registry
 
 MIB = 1024 * 1024
@@ -89,10 +90,11 @@ class LayerCosts:
     p1: int
     p2: int
     sides: int  # 2 for central differences, 1 for forward ones (plus one baseline forward)
+    lowered_saving_mib: tuple[float, ...] | None = None  # per position, what frozen_dtype frees when it is frozen
 
     def __post_init__(self) -> None:
-        for name in ("flops", "weights_mib", "trainable", "trainable_mib"):
-            if len(getattr(self, name)) != self.num_layers + 2:
+        for name in ("flops", "weights_mib", "trainable", "trainable_mib", "lowered_saving_mib"):
+            if getattr(self, name) is not None and len(getattr(self, name)) != self.num_layers + 2:
                 raise ValueError(f"layer costs: {name} needs {self.num_layers + 2} entries (positions -1 … N)")
 
     def _span(self, low: int, high: int) -> int:
@@ -113,9 +115,13 @@ class LayerCosts:
         return stem + block1 * block1_runs + block2 * self.sides * self.p1 * self.p2 + extra
 
     def memory_mib(self, active: ActiveSet) -> float:
-        """Weights at training precision plus the client's copy of its active trainable tensors (to restore
-        them after its local steps); activations are measured, not modelled (see the accounting)."""
-        return sum(self.weights_mib) + sum(self.trainable_mib[p + 1] for p in active.positions)
+        """The weights (at training precision, less what ``frozen_dtype`` frees in the layers ``active`` leaves
+        frozen) plus the client's copy of its active trainable tensors (to restore them after its local steps);
+        activations are measured, not modelled (see the accounting)."""
+        saved = 0.0
+        if self.lowered_saving_mib is not None:
+            saved = sum(self.lowered_saving_mib[p + 1] for p in range(self.num_layers) if p not in active.positions)
+        return sum(self.weights_mib) - saved + sum(self.trainable_mib[p + 1] for p in active.positions)
 
     def dimension(self, active: ActiveSet) -> int:
         return sum(self.trainable[p + 1] for p in active.positions)
@@ -229,8 +235,9 @@ def resolve_budgets(spec: str | Mapping[str, Any] | None, num_clients: int, cost
     return budgets
 
 
-def measure_costs(estimator: Any, model: Any) -> LayerCosts:
-    """Per-position costs from a prepared engine estimator (its traced plan) and the model's parameters."""
+def measure_costs(estimator: Any, model: Any, frozen_dtype: str | None = None) -> LayerCosts:
+    """Per-position costs from a prepared engine estimator (its traced plan) and the model's parameters; with
+    ``frozen_dtype``, what holding each layer's frozen linears in it would free."""
     plan = estimator.plan
     n = plan.num_layers
     flops = [plan.pre_flops, *plan.layer_flops, plan.post_flops]
@@ -248,9 +255,14 @@ def measure_costs(estimator: Any, model: Any) -> LayerCosts:
         position = plan.positions.get(p.index, n)
         trainable[position + 1] += p.tensor.numel()
         trainable_mib[position + 1] += p.tensor.numel() * p.tensor.element_size() / MIB
+    saving = None
+    if frozen_dtype is not None:
+        _, layers = find_layer_stack(model, plan.layers_path)
+        dtype = lower_dtype(frozen_dtype)
+        saving = (0.0, *(lowerable_bytes(layer, dtype) / MIB for layer in layers), 0.0)
     s = estimator.settings
     return LayerCosts(n, plan.split_index, tuple(int(f) for f in flops), tuple(weights), tuple(trainable),
-                      tuple(trainable_mib), s.p1, s.p2, 2 if s.difference == "central" else 1)
+                      tuple(trainable_mib), s.p1, s.p2, 2 if s.difference == "central" else 1, saving)
 
 
 def describe_budgets(budgets: Sequence[ClientBudget]) -> dict[str, dict[str, float]]:

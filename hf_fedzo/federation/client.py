@@ -8,15 +8,25 @@ weights are ever downloaded.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from hf_fedzo.engine import DivergenceError, SeedScope, WorkCounters, ZOEstimator, apply_updates
+from hf_fedzo.engine import (
+    DivergenceError,
+    LoweredLinears,
+    SeedScope,
+    WorkCounters,
+    ZOEstimator,
+    apply_updates,
+    find_layer_stack,
+    lower_dtype,
+)
 from hf_fedzo.federation.budgets import ActiveSet, LayerCosts, measure_costs
 from hf_fedzo.federation.protocol import ClientReport, LogRecord, ProtocolError, RoundInstruction, RoundSettings
 
@@ -24,13 +34,28 @@ Batch = Mapping[str, Any]
 BatchLoss = Callable[[nn.Module, Batch], torch.Tensor]
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory window: ``torch.cuda.reset_peak_memory_stats`` on a GPU; on Linux CPUs the
+    process's resident high-water mark (``VmHWM``, writing 5 to ``/proc/self/clear_refs``). Where that is not
+    possible the CPU peak stays the whole process's (see :func:`peak_memory_mib`)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
 def peak_memory_mib(device: torch.device) -> float:
-    """The peak memory of the last local steps: ``torch.cuda.max_memory_allocated`` on a GPU (reset before the
-    steps); on the CPU the process's peak resident set size (``ru_maxrss``), a high-water mark of the whole
-    process (in a simulator, of every client it ran so far)."""
+    """The peak memory since :func:`reset_peak_memory`: ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU
+    the peak resident set size (``VmHWM`` on Linux; elsewhere ``ru_maxrss``, a high-water mark of the whole
+    process: in a simulator, of every client it ran so far)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    import resource  # POSIX only; the CPU path
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        with open("/proc/self/status") as status:
+            line = next(line for line in status if line.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024  # kB
+    import resource  # POSIX only
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
@@ -45,11 +70,17 @@ class ZOClient:
     Args:
         model: the model with the trainable tensors (``requires_grad=True``) the federation fine-tunes.
         batch_loss: ``batch_loss(model, batch)`` runs the forward and returns the scalar loss.
+        keep_full_precision: with the round settings' ``frozen_dtype``, the frozen linears of the layers a client
+            does not train are lowered for its local steps. ``True`` (a simulator) keeps the full-precision
+            tensors aside and puts them back afterwards; ``False`` (a standalone client short of memory) drops
+            them, which is what saves the memory, and refuses a later round that trains a lowered layer.
     """
 
-    def __init__(self, model: nn.Module, batch_loss: BatchLoss) -> None:
+    def __init__(self, model: nn.Module, batch_loss: BatchLoss, keep_full_precision: bool = True) -> None:
         self.model = model
         self.batch_loss = batch_loss
+        self.keep_full_precision = keep_full_precision
+        self.lowered_layers: set[int] = set()  # held at frozen_dtype for good (keep_full_precision=False)
         self.estimator: ZOEstimator | None = None
         self.synced_round = -1  # every log record up to this round has been applied
         self.peak_memory_mib: float | None = None  # measured over the last local steps (see peak_memory_mib)
@@ -98,9 +129,36 @@ class ZOClient:
         except ValueError as err:
             raise ProtocolError(str(err)) from None
 
+    @contextlib.contextmanager
+    def _frozen_lowered(self, settings: RoundSettings, active: str | None) -> Iterator[None]:
+        """The layers outside ``active`` with their frozen linears at ``settings.frozen_dtype`` (see
+        :mod:`hf_fedzo.engine.precision`); a no-op without either."""
+        if settings.frozen_dtype is None or active is None:
+            yield
+            return
+        assert self.estimator is not None and self.estimator.plan is not None
+        _, layers = find_layer_stack(self.model, self.estimator.plan.layers_path)
+        trained = ActiveSet.parse(active, len(layers)).positions
+        frozen = {i for i in range(len(layers)) if i not in trained}
+        if self.keep_full_precision:
+            lowered = LoweredLinears([layers[i] for i in sorted(frozen)], lower_dtype(settings.frozen_dtype))
+            try:
+                yield
+            finally:
+                lowered.restore()
+            return
+        clash = sorted(trained & self.lowered_layers)
+        if clash:
+            raise ProtocolError(f"active set {active!r} trains layer(s) {clash}, which this client holds in "
+                                f"{settings.frozen_dtype} (keep_full_precision=False): it cannot train them")
+        new = sorted(frozen - self.lowered_layers)
+        LoweredLinears([layers[i] for i in new], lower_dtype(settings.frozen_dtype), keep_originals=False)
+        self.lowered_layers.update(new)
+        yield
+
     def layer_costs(self, settings: RoundSettings, batch: Batch) -> LayerCosts:
         """The model's per-layer costs on ``batch`` (what a heterogeneous server allocates by)."""
-        return measure_costs(self._estimator_for(settings, batch), self.model)
+        return measure_costs(self._estimator_for(settings, batch), self.model, settings.frozen_dtype)
 
     @torch.no_grad()
     def run_local_steps(self, round_id: int, seed_base: int, seed_client: int, settings: RoundSettings,
@@ -122,11 +180,10 @@ class ZOClient:
         # tensors only (small for adapters) and lives on the CPU.
         snapshot = [p.tensor.detach().to("cpu", copy=True) for p in estimator.parameters]
         device = estimator.parameters[0].tensor.device
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
         scalars, losses, work = [], [], WorkCounters()
         try:
-            with estimator.restricted(self._active_indices(active)):
+            with estimator.restricted(self._active_indices(active)), self._frozen_lowered(settings, active):
+                reset_peak_memory(device)  # after the lowering: the window holds what the steps need
                 for step, batch in enumerate(batches):
                     estimate = estimator.estimate(lambda b=batch: self.batch_loss(self.model, b),
                                                   scope.step_seed(step))

@@ -93,6 +93,10 @@ class FederationConfig(ZOArguments):
         "help": "block_allocation=zorba: every trainable layer is trained by at least this many clients a round"})
     client_lr_policy: str = field(default="none", metadata={
         "help": "per-client learning rate each round: none (learning_rate for all) or fedmezo (see README)"})
+    frozen_dtype: str | None = field(default=None, metadata={
+        "help": "heterogeneous runs: during its local steps a client holds the frozen linear weights of the layers "
+                "it does not train (an adapter's base weights) in this dtype, bfloat16 or float16, to save memory; "
+                "trainable tensors and the layers it trains keep their precision"})
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the zo_* fields
@@ -135,6 +139,9 @@ class FederationConfig(ZOArguments):
         if self.heterogeneous and (self.per_client_seeds or METHODS[self.method].first_order):
             raise ValueError(f"block_allocation={self.block_allocation!r} / client_budgets aggregate each layer over "
                              "the clients that trained it, which needs shared seeds and a ZO method")
+        if self.frozen_dtype is not None and not self.heterogeneous:
+            raise ValueError(f"frozen_dtype={self.frozen_dtype!r} lowers the layers a client does not train, which "
+                             "needs a heterogeneous run (block_allocation or client_budgets)")
 
     @property
     def heterogeneous(self) -> bool:
@@ -156,17 +163,18 @@ class FederationConfig(ZOArguments):
         FedSPZO config into its MeZO baseline and back without losing ``zo_p2`` or ``zo_split``.
         """
         return RoundSettings(zo=self.engine_settings(**METHODS[self.method].zo), lr=self.learning_rate,
-                             weight_decay=self.weight_decay, local_steps=self.local_steps, batch_size=self.batch_size)
+                             weight_decay=self.weight_decay, local_steps=self.local_steps, batch_size=self.batch_size,
+                             frozen_dtype=self.frozen_dtype)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for name, default in FINGERPRINT_NEUTRAL_DEFAULTS.items():
             if data[name] == default:
                 del data[name]
-        return data | {"round_settings": asdict(self.round_settings())}
+        return data | {"round_settings": self.round_settings().to_json()}
 
 
 # Options added after runs were already on disk: left at these defaults they are not part of the config's dict, so
 # a run that does not use them keeps its fingerprint (and resumes).
 FINGERPRINT_NEUTRAL_DEFAULTS = {"client_budgets": None, "block_allocation": "none", "zorba_min_coverage": 1,
-                                "client_lr_policy": "none", "server_lr": 1.0}
+                                "client_lr_policy": "none", "server_lr": 1.0, "frozen_dtype": None}

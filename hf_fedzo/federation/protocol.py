@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from hf_fedzo.engine import ZOSettings, ZOUpdate
+from hf_fedzo.engine import ZOSettings, ZOUpdate, lower_dtype
 
 # 2: the round settings carry the engine's settings as one nested object, with the layers path.
 PROTOCOL_VERSION = 2
@@ -159,6 +159,7 @@ class RoundSettings:
     weight_decay: float
     local_steps: int
     batch_size: int
+    frozen_dtype: str | None = None  # inactive layers' frozen linears run at this dtype (heterogeneous runs)
 
     def __post_init__(self) -> None:
         if not isinstance(self.zo, ZOSettings):
@@ -168,6 +169,8 @@ class RoundSettings:
             raise ValueError(f"local_steps must be >= 1 (got {self.local_steps})")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1 (got {self.batch_size})")
+        if self.frozen_dtype is not None:
+            lower_dtype(self.frozen_dtype)  # raises naming it
 
     @property
     def scalar_shape(self) -> tuple[int, int, int]:
@@ -175,7 +178,11 @@ class RoundSettings:
         return (self.local_steps, self.zo.p1, self.zo.p2)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """Without ``frozen_dtype`` when it is unset: the settings of runs from before it existed, unchanged."""
+        data = asdict(self)
+        if data["frozen_dtype"] is None:
+            del data["frozen_dtype"]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RoundSettings:
