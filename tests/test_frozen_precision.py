@@ -85,6 +85,19 @@ def test_a_standalone_lowered_client_reports_the_simulators_scalars_and_holds_le
         _round(standalone, settings, "2:4", 2)
 
 
+def test_an_instruction_off_the_wire_lowers_the_same_layers() -> None:
+    """What a Flower node runs: the frozen dtype arrives in the encoded instruction's settings."""
+    from hf_fedzo.federation.protocol import RoundInstruction, decode, encode
+
+    settings = config(block_allocation="top", frozen_dtype="bfloat16").round_settings()
+    instruction = decode(encode(RoundInstruction(0, 1, 7, 0, settings, active="3:4")), RoundInstruction)
+    assert instruction.settings.frozen_dtype == "bfloat16"
+    batches = client_data()[1].round_batches(7, 0, 1, settings.local_steps, settings.batch_size)
+    report, _ = ZOClient(lora_model(), batch_loss, keep_full_precision=False).handle(instruction, batches, 12)
+    expected, _, _ = ZOClient(lora_model(), batch_loss).run_local_steps(0, 7, 0, settings, batches, "3:4")
+    assert np.array_equal(report.scalars, expected)
+
+
 def test_a_federation_with_frozen_dtype_replays_exactly(tmp_path: Path) -> None:
     cfg = config(block_allocation="top", client_budgets="half-quarter", frozen_dtype="bfloat16", rounds=3)
     model = lora_model()
