@@ -18,11 +18,12 @@ simulator runs clients one after the other): every client computes at the same r
 client bounds a round, so a round lasts ``max_k FLOPs_k / rate`` (reported in units of a full-model client's
 local steps). The comparison points are the smallest total any arm reached (equal FLOPs, equal wall-clock),
 read off each curve by linear interpolation. Peak memory per client kind is measured in a fresh process per
-kind, over one client's local steps (the resident high-water mark from the steps' start on the CPU,
-``torch.cuda.max_memory_allocated`` on a GPU): a strong client, a weak one, and a weak one that holds the base
-weights of the layers it does not train in bfloat16 (``frozen_dtype``, a standalone client). Each probe first
-copies the weights into the process's own memory: ``from_pretrained`` leaves them as pages of the mmap'ed
-checkpoint, which stay mapped (and resident until the kernel needs the memory) after a lowering drops them.
+kind (the median of three, interleaved), over one client's local steps (the resident high-water mark from the
+steps' start on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU): a strong client, a weak one, and a weak
+one that holds the base weights of the layers it does not train in bfloat16 (``frozen_dtype``, a standalone
+client). Each probe first copies the weights into the process's own memory: ``from_pretrained`` leaves them as
+pages of the mmap'ed checkpoint, which stay mapped (and resident until the kernel needs the memory) after a
+lowering drops them.
 
     hf-fedzo prepare-assets
     python -m benchmarks.heterogeneous --output_dir out/heterogeneous          # the full run
@@ -38,6 +39,7 @@ import dataclasses
 import json
 import math
 import multiprocessing
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -81,6 +83,7 @@ class Setup:
     seed: int = 0
 
 
+MEMORY_REPEATS = 3  # each client kind's peak is the median of this many fresh processes
 QUICK = {"rounds": 4, "eval_every": 2, "eval_samples": 32, "prompt_examples": 16, "local_steps": 1, "batch_size": 4}
 
 
@@ -226,7 +229,7 @@ def report(table: Mapping[str, Any], memory: Mapping[str, float]) -> str:
     lines.append(f"\nequal FLOPs: {table['equal_flops'] / 1e12:.2f} TFLOPs; equal wall-clock: "
                  f"{table['equal_clock'] / 1e12:.2f} TFLOPs of the slowest client per round, summed")
     for kind, mib in memory.items():
-        lines.append(f"peak memory, {kind} client: {mib:.0f} MiB")
+        lines.append(f"peak memory, {kind} client: {mib:.0f} MiB (median of {MEMORY_REPEATS} processes)")
     return "\n".join(lines)
 
 
@@ -259,7 +262,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"{arm.name}: {len(run['rounds'])} rounds, {run['rounds'][-1]['cumulative_flops'] / 1e12:.2f} TFLOPs, "
               f"{run['wall_s']:.0f} s", flush=True)
     table = compare(runs, zero_shot)
-    memory = {}
+    memory: dict[str, float] = {}
+    samples = {}
     if not args.no_memory:
         from hf_fedzo.federation import ZOClient
 
@@ -267,11 +271,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         costs = probe_client.layer_costs(arm_config(setup, ARMS[2]).round_settings(),
                                          clients[0].round_batches(setup.seed, 0, 0, 1, setup.batch_size)[0])
         weak = costs.top(0.25).id
-        memory = {"strong (all layers)": measure_peak_memory(setup, task, None),
-                  "weak (top quarter)": measure_peak_memory(setup, task, weak),
-                  "weak, frozen layers in bfloat16": measure_peak_memory(setup, task, weak, "bfloat16")}
+        kinds = {"strong (all layers)": (None, None), "weak (top quarter)": (weak, None),
+                 "weak, frozen layers in bfloat16": (weak, "bfloat16")}
+        samples: dict[str, list[float]] = {kind: [] for kind in kinds}
+        for _ in range(MEMORY_REPEATS):  # interleaved, so a drift in the machine hits every kind alike
+            for kind, (active, frozen_dtype) in kinds.items():
+                samples[kind].append(measure_peak_memory(setup, task, active, frozen_dtype))
+        memory = {kind: statistics.median(values) for kind, values in samples.items()}
     write_json(output / "heterogeneous.json", {"setup": dataclasses.asdict(setup), "zero_shot": zero_shot,
-                                               "table": table, "peak_memory_mib": memory})
+                                               "table": table, "peak_memory_mib": memory,
+                                               "peak_memory_samples_mib": samples})
     by_arm = {run["arm"]: curves(run, zero_shot)["flops"] for run in runs}
     points = {arm: ([p[0] / 1e12 for p in c], [p[1] for p in c]) for arm, c in by_arm.items()}
     positive = sum(validation["label"]) / len(validation)

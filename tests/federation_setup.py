@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,6 +48,19 @@ def config(**overrides: Any) -> FederationConfig:
                                   learning_rate=5e-3, zo_eps=1e-3, zo_p1=1, zo_p2=2, zo_split="2",
                                   partition="iid", eval_every=2, seed=7)
     return FederationConfig(**(values | overrides))
+
+
+def replayed_from_state(cfg: FederationConfig, output_dir: Path, fresh: nn.Module) -> nn.Module:
+    """``fresh`` after replaying the log a finished run in ``output_dir`` saved (what any party can rebuild)."""
+    from hf_fedzo.federation import FederatedServer, ZOClient
+
+    state = json.loads((output_dir / "federation_state.json").read_text())
+    assert any("active" in r for r in state["server"]["log"]) == cfg.heterogeneous
+    server = FederatedServer(cfg)
+    server.load_state_dict(state["server"])
+    probe = client_data()[0].round_batches(cfg.seed, 0, 0, 1, cfg.batch_size)[0]
+    ZOClient(fresh, batch_loss).replay(server.log, server.completed_round, cfg.round_settings(), probe)
+    return fresh
 
 
 def checksum(model: nn.Module) -> list[float]:

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from hf_fedzo.engine import SeedScope
-from hf_fedzo.federation import ClientReport, FederatedServer, ZOClient, simulate_federation
+from hf_fedzo.federation import ClientReport, ZOClient, simulate_federation
 from hf_fedzo.federation.aggregation import aggregate_round
 from hf_fedzo.federation.allocation import AllocationError, allocate, check_budgets
 from hf_fedzo.federation.budgets import ActiveSet, ClientBudget, LayerCosts, resolve_budgets
 from hf_fedzo.federation.client_lr import CLIENT_LR_POLICIES
-from tests.federation_setup import batch_loss, checksum, client_data, config, tiny_model
+from tests.federation_setup import batch_loss, checksum, client_data, config, replayed_from_state, tiny_model
 
 
 def _costs(num_layers: int = 8, split: int | None = 6) -> LayerCosts:
@@ -156,14 +156,8 @@ def test_replay_of_a_heterogeneous_log_is_bit_exact(tmp_path: Path) -> None:
     cfg = _hetero()
     model = tiny_model()
     simulate_federation(model, batch_loss, client_data(), cfg, output_dir=tmp_path)
-    state = json.loads((tmp_path / "federation_state.json").read_text())
-    assert any("active" in r for r in state["server"]["log"])
-    server = FederatedServer(cfg)
-    server.load_state_dict(state["server"])
-    replica = ZOClient(tiny_model(), batch_loss)
-    probe = client_data()[0].round_batches(cfg.seed, 0, 0, 1, cfg.batch_size)[0]
-    replica.replay(server.log, server.completed_round, cfg.round_settings(), probe)
-    for a, b in zip(model.parameters(), replica.model.parameters(), strict=True):
+    replica = replayed_from_state(cfg, tmp_path, tiny_model())
+    for a, b in zip(model.parameters(), replica.parameters(), strict=True):
         assert torch.equal(a, b)
 
 

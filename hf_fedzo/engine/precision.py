@@ -17,6 +17,9 @@ those pages only under memory pressure, so resident memory shows the saving only
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import gc
 from collections.abc import Iterable
 from typing import Any
 
@@ -49,6 +52,14 @@ def lowerable_bytes(module: nn.Module, dtype: torch.dtype) -> int:
                for t in (m.weight, m.bias) if t is not None)
 
 
+def release_freed_memory() -> None:
+    """Hand memory freed by dropped tensors back to the OS (glibc keeps freed heap pages resident otherwise);
+    a no-op where ``malloc_trim`` does not exist."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def _cast_floating(value: Any, dtype: torch.dtype) -> Any:
     if isinstance(value, torch.Tensor) and value.is_floating_point():
         return value.to(dtype)
@@ -69,6 +80,8 @@ class LoweredLinears:
                 if _lowerable_linear(linear, dtype):
                     self.saved_bytes += lowerable_bytes(linear, dtype)
                     self._lower(linear)
+        if not keep_originals and self.saved_bytes:
+            release_freed_memory()
 
     def _lower(self, linear: nn.Linear) -> None:
         wide = linear.weight.dtype
