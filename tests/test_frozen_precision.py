@@ -81,8 +81,11 @@ def test_a_standalone_lowered_client_reports_the_simulators_scalars_and_holds_le
     bytes_after = sum(t.numel() * t.element_size() for t in standalone.model.parameters())
     assert bytes_after < bytes_before
     assert np.array_equal(_round(standalone, settings, "3:4", 1), _round(simulated, settings, "3:4", 1))
-    with pytest.raises(ProtocolError, match=r"trains layer\(s\) \[2\].*bfloat16"):
+    with pytest.raises(ProtocolError, match=r"trains layer\(s\) \[2\] at full precision.*keep_full_precision"):
         _round(standalone, settings, "2:4", 2)
+    batches = client_data()[1].round_batches(7, 3, 1, settings.local_steps, settings.batch_size)
+    with pytest.raises(ProtocolError, match=r"trains layer\(s\) \[0, 1, 2\] at full precision"):
+        standalone.run_local_steps(3, 7, 1, settings, batches)  # no active set: every layer
 
 
 def test_an_instruction_off_the_wire_lowers_the_same_layers() -> None:

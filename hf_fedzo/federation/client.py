@@ -132,27 +132,31 @@ class ZOClient:
     @contextlib.contextmanager
     def _frozen_lowered(self, settings: RoundSettings, active: str | None) -> Iterator[None]:
         """The layers outside ``active`` with their frozen linears at ``settings.frozen_dtype`` (see
-        :mod:`hf_fedzo.engine.precision`); a no-op without either."""
-        if settings.frozen_dtype is None or active is None:
+        :mod:`hf_fedzo.engine.precision`); a no-op without either, unless this client already dropped the full
+        precision of some layers, which it then cannot train."""
+        if (settings.frozen_dtype is None or active is None) and not self.lowered_layers:
             yield
             return
         assert self.estimator is not None and self.estimator.plan is not None
         _, layers = find_layer_stack(self.model, self.estimator.plan.layers_path)
-        trained = ActiveSet.parse(active, len(layers)).positions
-        frozen = {i for i in range(len(layers)) if i not in trained}
+        trained = set(range(len(layers))) if active is None else ActiveSet.parse(active, len(layers)).positions
+        clash = sorted(trained & self.lowered_layers)
+        if clash or (self.lowered_layers and settings.frozen_dtype is None):
+            raise ProtocolError(f"this round trains layer(s) {clash or sorted(self.lowered_layers)} at full "
+                                "precision, but this client dropped their full-precision weights "
+                                "(keep_full_precision=False)")
+        frozen = [i for i in range(len(layers)) if i not in trained]
+        assert settings.frozen_dtype is not None  # the cases without it returned or raised above
+        dtype = lower_dtype(settings.frozen_dtype)
         if self.keep_full_precision:
-            lowered = LoweredLinears([layers[i] for i in sorted(frozen)], lower_dtype(settings.frozen_dtype))
+            lowered = LoweredLinears([layers[i] for i in frozen], dtype)
             try:
                 yield
             finally:
                 lowered.restore()
             return
-        clash = sorted(trained & self.lowered_layers)
-        if clash:
-            raise ProtocolError(f"active set {active!r} trains layer(s) {clash}, which this client holds in "
-                                f"{settings.frozen_dtype} (keep_full_precision=False): it cannot train them")
-        new = sorted(frozen - self.lowered_layers)
-        LoweredLinears([layers[i] for i in new], lower_dtype(settings.frozen_dtype), keep_originals=False)
+        new = [i for i in frozen if i not in self.lowered_layers]
+        LoweredLinears([layers[i] for i in new], dtype, keep_originals=False)
         self.lowered_layers.update(new)
         yield
 
