@@ -59,6 +59,11 @@ def test_a_full_weight_model_has_nothing_to_lower() -> None:
     model = tiny_model()
     _, layers = find_layer_stack(model)
     assert LoweredLinears(list(layers), torch.bfloat16).saved_bytes == 0  # every linear is trainable
+    settings = config(block_allocation="top", frozen_dtype="bfloat16").round_settings()
+    standalone = ZOClient(tiny_model(), batch_loss, keep_full_precision=False)
+    _round(standalone, settings, "3:4")
+    assert standalone.lowered_layers == set()  # nothing was dropped, so every layer can still be trained
+    _round(standalone, settings, "-1:4", 1)
 
 
 def _round(client: ZOClient, settings: RoundSettings, active: str, round_id: int = 0) -> np.ndarray:

@@ -26,6 +26,7 @@ from hf_fedzo.engine import (
     apply_updates,
     find_layer_stack,
     lower_dtype,
+    lowerable_bytes,
 )
 from hf_fedzo.federation.budgets import ActiveSet, LayerCosts, measure_costs
 from hf_fedzo.federation.protocol import ClientReport, LogRecord, ProtocolError, RoundInstruction, RoundSettings
@@ -155,9 +156,9 @@ class ZOClient:
             finally:
                 lowered.restore()
             return
-        new = [i for i in frozen if i not in self.lowered_layers]
+        new = [i for i in frozen if i not in self.lowered_layers and lowerable_bytes(layers[i], dtype)]
         LoweredLinears([layers[i] for i in new], dtype, keep_originals=False)
-        self.lowered_layers.update(new)
+        self.lowered_layers.update(new)  # only layers that had frozen linears to lower can no longer be trained
         yield
 
     def layer_costs(self, settings: RoundSettings, batch: Batch) -> LayerCosts:
