@@ -10,17 +10,25 @@ import pytest
 pytest.importorskip("flwr")
 
 
+import torch
+from flwr.app import Context
+
+from hf_fedzo.federation import ZOClient, simulate_federation
+from hf_fedzo.integrations import flower
+from tests.federation_setup import batch_loss, client_data
 from tests.test_flower import (
     NUM_CLIENTS,
     LocalGrid,
     assert_same_weights,
     client_app,
+    data_fn,
     fed_config,
     run_on_flower_engine,
     server_side,
     simulated,
     task_identity,  # noqa: F401 (a fixture)
 )
+from tests.test_frozen_precision import lora_model
 
 HETERO: dict[str, Any] = {"block_allocation": "zorba", "client_budgets": "half-quarter", "client_lr_policy": "fedmezo",
                           "num_clients": 4, "clients_per_round": 3}
@@ -53,6 +61,40 @@ def test_a_node_reported_budget_is_used_and_a_bad_one_ignores_the_node(task_iden
     assert federation.server.budgets[1].flops_per_step == weak
     assert nodes[2] in federation.ignored and 2 in result.rounds[0].unreachable
     assert result.rounds[0].accounting[1]["active_id"] == costs.top(0.25).id
+
+
+def lora_model_fn(context: Context) -> tuple[torch.nn.Module, Any]:
+    torch.set_num_threads(1)
+    return lora_model(), batch_loss
+
+
+def _lowering_federation(run_id: int, budgets: str) -> tuple[Any, Any, torch.nn.Module]:
+    """A LoRA federation with frozen layers in bfloat16 whose nodes all say ``keep-full-precision = false`` (in
+    this process they share one replica, as the clients of one device would)."""
+    cfg = fed_config(rounds=3, num_clients=4, clients_per_round=3, block_allocation="top", client_budgets=budgets,
+                     frozen_dtype="bfloat16")
+    grid = LocalGrid(flower.make_client_app(lora_model_fn, data_fn), run_id=run_id, num_nodes=cfg.num_clients)
+    for context in grid.contexts.values():
+        context.node_config[flower.KEEP_FULL_PRECISION] = False
+    probe = client_data(num_clients=cfg.num_clients)[0].round_batches(0, 0, 0, 1, cfg.batch_size)[0]
+    federation = flower.FlowerFederation(cfg, replica=ZOClient(lora_model(), batch_loss), probe=probe,
+                                         wait_for_nodes=5.0)
+    result = federation.run(grid)
+    reference = lora_model()
+    simulate_federation(reference, batch_loss, client_data(num_clients=cfg.num_clients), cfg)
+    return federation, result, reference
+
+
+def test_nodes_that_drop_full_precision_match_the_simulator(task_identity: None) -> None:  # noqa: F811
+    federation, result, reference = _lowering_federation(203, "all-quarter")  # every client trains the same top
+    assert all(not r.failed and not r.unanswered for r in result.rounds), result.rounds
+    assert_same_weights(federation.replica.model, reference)  # type: ignore[union-attr]
+
+
+def test_a_node_that_dropped_full_precision_refuses_to_train_those_layers(task_identity: None) -> None:  # noqa: F811
+    _, result, _ = _lowering_federation(204, "half-quarter")  # a strong client after a weak one, same process
+    failures = [why for r in result.rounds for why in r.failed.values()]
+    assert failures and all("keep_full_precision=False" in why for why in failures), failures
 
 
 def test_flower_simulation_engine_matches_the_simulator_on_a_heterogeneous_run() -> None:

@@ -23,7 +23,10 @@ Client state: between rounds a client keeps only its last synced trainable tenso
 through, in Flower's per-node ``context.state`` (never sent to the server; a SuperNode keeps it across the
 fresh ``flwr-clientapp`` process it starts for every message). Each process keeps one model replica and loads
 the client's tensors into it, so a simulation holds one model per Ray actor, not one per client. A client with
-no state (a new or restarted SuperNode) starts from the initial weights (round -1).
+no state (a new or restarted SuperNode) starts from the initial weights (round -1). A node whose process plays
+only its own client may set ``keep-full-precision = false`` in its node config: with the run's ``frozen-dtype`` it
+then drops the full-precision weights of the layers it does not train (and fails a later round that would train
+them).
 
 Handshake: an instruction replays the log after ``replay_after``, the round the server believes the client holds.
 When the client holds another round it answers ``resync-after`` with the round it does hold (-1 after losing its
@@ -43,10 +46,19 @@ except ImportError as err:  # the core install has no flwr; say how to get it
     raise ImportError("hf_fedzo.integrations.flower needs Flower (flwr 1.41): pip install 'hf-fedzo[flower]'") from err
 
 from hf_fedzo.integrations.flower.client import client_id_of, make_client_app, reset_process_cache
-from hf_fedzo.integrations.flower.config import MESSAGE, RECORD, RESYNC, WORK, federation_config, logger
+from hf_fedzo.integrations.flower.config import (
+    KEEP_FULL_PRECISION,
+    MESSAGE,
+    RECORD,
+    RESYNC,
+    WORK,
+    federation_config,
+    logger,
+)
 from hf_fedzo.integrations.flower.server import FlowerFederation, GridLike, make_server_app
 
 __all__ = [
+    "KEEP_FULL_PRECISION",
     "MESSAGE",
     "RECORD",
     "RESYNC",

@@ -28,7 +28,16 @@ from hf_fedzo.federation import (
     decode,
     encode,
 )
-from hf_fedzo.integrations.flower.config import BUDGET_KEYS, MESSAGE, RECORD, RESYNC, WORK, logger, payload
+from hf_fedzo.integrations.flower.config import (
+    BUDGET_KEYS,
+    KEEP_FULL_PRECISION,
+    MESSAGE,
+    RECORD,
+    RESYNC,
+    WORK,
+    logger,
+    payload,
+)
 
 ModelFn = Callable[[Context], tuple[nn.Module, BatchLoss]]
 DataFn = Callable[[Context, int], ClientData]
@@ -69,9 +78,12 @@ def _replica(context: Context, model_fn: ModelFn) -> _Replica:
     if _REPLICA and _REPLICA[0].run_id == context.run_id:
         return _REPLICA[0]
     reset_process_cache()  # a new run: free the old model before loading the next one
+    keep = context.node_config.get(KEEP_FULL_PRECISION, True)
+    if not isinstance(keep, bool):
+        raise ValueError(f"node config {KEEP_FULL_PRECISION} must be true or false (got {keep!r})")
     model, batch_loss = model_fn(context)
     initial = {name: t.detach().to("cpu", copy=True) for name, t in trainable_tensors(model).items()}
-    _REPLICA.append(_Replica(context.run_id, ZOClient(model, batch_loss), initial))
+    _REPLICA.append(_Replica(context.run_id, ZOClient(model, batch_loss, keep_full_precision=keep), initial))
     return _REPLICA[0]
 
 

@@ -19,6 +19,9 @@ DISCOVERY_GROUP = "hf_fedzo-discovery"
 # A node's budget (heterogeneous federations): node-config keys, echoed in its answer to the discovery query.
 BUDGET_KEYS = {"budget-memory-mib": "memory_mib", "budget-flops-per-step": "flops_per_step",
                "budget-deadline-s": "deadline_s"}
+# ``keep-full-precision = false``: a node whose process plays only its own client drops the full-precision weights
+# of the layers it does not train under the run's ``frozen-dtype`` (ZOClient(keep_full_precision=False)).
+KEEP_FULL_PRECISION = "keep-full-precision"
 
 # Flower's own logger, so our lines show up in `flwr run --stream` and the SuperLink logs.
 logger = logging.getLogger("flwr.hf_fedzo")
