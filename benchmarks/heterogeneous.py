@@ -263,7 +263,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               f"{run['wall_s']:.0f} s", flush=True)
     table = compare(runs, zero_shot)
     memory: dict[str, float] = {}
-    samples = {}
+    samples: dict[str, list[float]] = {}
     if not args.no_memory:
         from hf_fedzo.federation import ZOClient
 
@@ -273,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         weak = costs.top(0.25).id
         kinds = {"strong (all layers)": (None, None), "weak (top quarter)": (weak, None),
                  "weak, frozen layers in bfloat16": (weak, "bfloat16")}
-        samples: dict[str, list[float]] = {kind: [] for kind in kinds}
+        samples = {kind: [] for kind in kinds}
         for _ in range(MEMORY_REPEATS):  # interleaved, so a drift in the machine hits every kind alike
             for kind, (active, frozen_dtype) in kinds.items():
                 samples[kind].append(measure_peak_memory(setup, task, active, frozen_dtype))

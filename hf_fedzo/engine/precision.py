@@ -77,8 +77,9 @@ class LoweredLinears:
         self.saved_bytes = 0  # freed once the full-precision tensors are dropped
         for module in modules:
             for linear in (m for m in module.modules() if isinstance(m, nn.Linear)):
-                if _lowerable_linear(linear, dtype):
-                    self.saved_bytes += lowerable_bytes(linear, dtype)
+                freed = lowerable_bytes(linear, dtype)  # 0: trainable, not floating or already that narrow
+                if freed:
+                    self.saved_bytes += freed
                     self._lower(linear)
         if not keep_originals and self.saved_bytes:
             release_freed_memory()
