@@ -1,6 +1,7 @@
 """What the compute-to-accuracy benchmarks share, federated (``federated_accuracy``) and centralised
-(``centralised_accuracy``): the arms and the setup, the resumable store of finished runs and the queue that fills
-it, the stages (tune the step size, more seeds, test once) and the report.
+(``centralised_accuracy``): the resumable store of finished runs and the queue that fills it, and the stages (tune
+the step size, more seeds, test once); the arms and setup are ``accuracy_arms``, the printed report
+``accuracy_report``.
 
 A benchmark supplies one ``train(setup, arm, seed, lr, output_dir, zero_shot) -> run`` function (a module-level
 function, so worker processes can import it) whose run has a ``curve`` of (forward TFLOPs, validation accuracy)
@@ -14,101 +15,17 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from benchmarks.curves import (
-    choose_lr,
-    compute_to_accuracy,
-    gain_costs,
-    mean_accuracy,
-    mean_curves,
-    standard_error,
-)
-
-PROMPT = "Review: {sentence}\nSentiment:{label}"
-LABEL_WORDS = (" negative", " positive")
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One method configuration and its step-size grid; the remaining knobs are the Setup's."""
-
-    name: str
-    method: str
-    lr_grid: tuple[float, ...]
-    zo_p2: int = 1
-    zo_split: str = "none"
-    zo_p1: int = 1
-    peft: str = "lora"
-    lora_last_layers: int | None = None
-    zo_eps: float | None = None  # None: the Setup's
-
-    @property
-    def label(self) -> str:
-        where = "" if self.lora_last_layers is None else f", LoRA top {self.lora_last_layers}"
-        where += ", full weights" if self.peft == "none" else ""
-        if self.method == "fedavg":
-            return f"FedAvg (AdamW, first order{where})"
-        if self.method == "mezo":
-            return f"MeZO (P=1, no split{where})"
-        if self.method == "nspsa":
-            return f"n-SPSA (P={self.zo_p2}, no split{where})"
-        return f"FedSPZO (P1={self.zo_p1}, P2={self.zo_p2}, split {self.zo_split}{where})"
-
-
-# 1e-2 collapsed to one class in the centralised smoke and 5e-3 late in long federated probes
-# (docs/benchmarks.md), so the grid is centred on 2e-3, the step of issue 12's MeZO probe.
-ZO_GRID = (1e-3, 2e-3, 5e-3)
-ARMS: dict[str, Arm] = {arm.name: arm for arm in (
-    Arm("mezo", "mezo", ZO_GRID),
-    Arm("nspsa", "nspsa", ZO_GRID, zo_p2=4),
-    Arm("fedspzo", "fedspzo", ZO_GRID, zo_p2=4, zo_split="0.9"),  # the library default
-    # The estimator-quality winner (docs/benchmarks.md): P2 = 2 at the last layer.
-    Arm("fedspzo-p2-2", "fedspzo", ZO_GRID, zo_p2=2, zo_split="0.97"),
-    # LoRA on the top 8 layers: the frozen prefix runs once per step, so each direction costs ~C2, not ~C.
-    Arm("mezo-top8", "mezo", ZO_GRID, lora_last_layers=8),
-    Arm("fedspzo-top8", "fedspzo", ZO_GRID, zo_p2=4, zo_split="auto", lora_last_layers=8),
-    Arm("fedavg", "fedavg", (1e-4, 3e-4, 1e-3)),
-    # Split placement (not in the default queue): the split layer at P2 = 4, then P2 at the default split.
-    Arm("fedspzo-split15", "fedspzo", ZO_GRID, zo_p2=4, zo_split="15"),
-    Arm("fedspzo-p2-8", "fedspzo", ZO_GRID, zo_p2=8, zo_split="0.9"),
-    Arm("mezo-full", "mezo", (1e-6, 3e-6, 1e-5), peft="none", zo_eps=1e-3),
-    Arm("fedspzo-full", "fedspzo", (1e-6, 3e-6, 1e-5), zo_p2=4, zo_split="0.9", peft="none", zo_eps=1e-3),
-)}
-LORA_ARMS = ("mezo", "nspsa", "fedspzo", "fedspzo-p2-2", "mezo-top8", "fedspzo-top8", "fedavg")
-FULL_ARMS = ("mezo-full", "fedspzo-full")
-HEADLINE = ("mezo", "fedspzo")  # the last line: MeZO's FLOPs over FedSPZO's, to MeZO's final accuracy
-
-
-@dataclass(frozen=True)
-class Setup:
-    """What every arm shares: model, prompt, data, federation shape and budget (a centralised run uses the
-    batch size and budget, and no federation)."""
-
-    model: str
-    eval_samples: int
-    test_samples: int | None
-    budget_tflops: float
-    eval_every_tflops: float
-    num_clients: int = 8
-    clients_per_round: int = 4
-    local_steps: int = 4
-    batch_size: int = 8
-    zo_eps: float = 1e-2
-    dirichlet_alpha: float = 0.5
-    lora_r: int = 8
-    max_length: int = 64
-    prompt: str = PROMPT
-    label_words: tuple[str, ...] = LABEL_WORDS
-
+from benchmarks.accuracy_arms import ARMS, HEADLINE, Arm, Setup
+from benchmarks.accuracy_report import print_report
+from benchmarks.curves import choose_lr, compute_to_accuracy, gain_costs, mean_curves, standard_error
 
 Train = Callable[[Setup, Arm, int, float, str, float], dict[str, Any]]
 
@@ -153,13 +70,23 @@ def save_final_trainable(model: Any, output_dir: str | Path) -> None:
                Path(output_dir) / "final_trainable.pt")
 
 
-def score_on_test(setup: Setup, arm: Arm, seed: int, lr: float, output_dir: str) -> dict[str, Any]:
-    """The final model of a finished run scored once on the test sentences."""
+def test_rows(setup: Setup) -> Any:
+    """The held-out sentences each chosen run (and the untrained model) is scored on once."""
+    raw = shared_task(setup)[1]
+    return raw["test"].select(range(min(setup.test_samples or len(raw["test"]), len(raw["test"]))))
+
+
+def score_on_test(setup: Setup, arm: Arm, seed: int, lr: float, output_dir: str | None) -> dict[str, Any]:
+    """The final model of a finished run scored once on the test sentences (``output_dir=None``: the untrained
+    model, i.e. the prompt's zero-shot, since LoRA starts at B = 0)."""
     import torch
 
-    task, raw = shared_task(setup)
-    test = raw["test"].select(range(min(setup.test_samples or len(raw["test"]), len(raw["test"]))))
+    task, test = shared_task(setup)[0], test_rows(setup)
     model = build_model(setup, arm, seed)
+    if output_dir is None:
+        metrics = task.evaluate(model, test, batch_size=32)
+        return {"arm": "zero-shot", "examples": len(test), **metrics,
+                "standard_error": standard_error(metrics["accuracy"], len(test))}
     final = torch.load(Path(output_dir) / "final_trainable.pt")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(final) != trainable:
@@ -259,44 +186,17 @@ def validation_zero_shot(setup: Setup, output: Path) -> float:
     return accuracy
 
 
-# ---------------------------------------------------------------- report
+def test_zero_shot(setup: Setup, output: Path) -> dict[str, Any]:
+    """The untrained model on the test sentences, scored once and kept beside the runs (forward only)."""
+    from hf_fedzo.reporting import write_json
+    from hf_fedzo.tasks import majority_rate
 
-def print_report(setup: Setup, zero_shot: float, chosen: Mapping[str, float], by_run: Mapping[tuple[str, int], Any],
-                 tests: Mapping[tuple[str, int], Any], gains: Mapping[str, Any], c2a: Mapping[str, Any],
-                 seeds: Sequence[int], headline: str = "compute to accuracy") -> None:
-    print(f"\nvalidation: {setup.eval_samples} sentences, zero-shot {zero_shot:.4f}; budget "
-          f"{setup.budget_tflops:g} forward TFLOPs per run; seeds {', '.join(map(str, seeds))}")
-    print(f"\nstep sizes chosen on validation (first seed):\n{'arm':<44} {'grid':<22} {'chosen':>8}")
-    for arm, lr in chosen.items():
-        print(f"{ARMS[arm].label:<44} {' '.join(f'{g:g}' for g in ARMS[arm].lr_grid):<22} {lr:>8g}")
-    fractions = gains["fractions"]
-    print("\nmean validation accuracy over the budget (area under the curve / budget; accuracy per FLOP spent)")
-    for arm in gains["arms"]:
-        runs = [by_run[arm, s] for s in seeds]
-        area = statistics.fmean(mean_accuracy(r["curve"], setup.budget_tflops) for r in runs)
-        print(f"{ARMS[arm].label:<44} {area:.4f}   final {statistics.fmean(r['final_accuracy'] for r in runs):.4f}")
-    print(f"\nFLOPs (TFLOPs, mean ± std over seeds) to reach {'/'.join(f'{f:.0%}' for f in fractions)} of the best "
-          f"arm's validation gain ({ARMS[gains['best']].label}: +{gains['gain']:.4f})")
-    for arm, rows in gains["arms"].items():
-        cells = []
-        for fraction in fractions:
-            row = rows[str(fraction)]
-            cost = row["flops"]
-            reached = f"({row['reached']}/{row['seeds']})"
-            cells.append("never" if cost is None else f"{cost[0]:.1f} ± {cost[1]:.1f} {reached}")
-        print(f"{ARMS[arm].label:<44} " + "  ".join(f"{c:>20}" for c in cells))
-    print("\ntest (each chosen run once; ± is the standard error of one measurement on that many sentences)")
-    print(f"{'arm':<44} {'seed':>5} {'accuracy':>16} {'balanced':>9} {'pred. rate 0/1':>15}")
-    for (arm, seed), m in sorted(tests.items()):
-        flag = "  <- predicts one class >= 95%" if max(m["prediction_rate_0"], m["prediction_rate_1"]) >= 0.95 else ""
-        print(f"{ARMS[arm].label:<44} {seed:>5} {m['accuracy']:>8.4f} ± {m['standard_error']:.4f} "
-              f"{m['balanced_accuracy']:>9.4f} {m['prediction_rate_0']:>7.2f}/{m['prediction_rate_1']:.2f}{flag}")
-    method = HEADLINE[1]
-    ratio = c2a["methods"][method]["ratio"]
-    n = c2a["methods"][method]["ratio_seeds"]
-    print(f"\nmethod {ARMS[method].label} reached MeZO's final accuracy on {n} of {len(seeds)} seeds")
-    value = "nan ± nan" if ratio is None else f"{ratio[0]:.2f} ± {ratio[1]:.2f}"
-    print(f"{headline}: FLOPs ratio MeZO/FedSPZO to MeZO's final accuracy {value} over {n} seeds")
+    path = output / "zero_shot_test.json"
+    if (saved := saved_result(path, setup)) is None:
+        saved = {**score_on_test(setup, ARMS["mezo"], 0, 0.0, None),
+                 "majority_rate": majority_rate(test_rows(setup)["label"])}
+        write_json(path, {"setup": setup_key(setup), "result": saved})
+    return saved
 
 
 # ---------------------------------------------------------------- the whole benchmark
@@ -315,7 +215,7 @@ def add_arguments(parser: argparse.ArgumentParser, output_dir: str, arms: Sequen
     parser.add_argument("--eval_samples", type=int, default=256, help="validation sentences per evaluation")
     parser.add_argument("--test_samples", type=int, default=None, help="test sentences (default: all 1,057)")
     parser.add_argument("--workers", type=int, default=1, help="runs side by side (threads split)")
-    parser.add_argument("--report_only", action="store_true", help="use finished runs only; run nothing")
+    parser.add_argument("--report_only", action="store_true", help="use finished runs only; train nothing")
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -358,6 +258,7 @@ def run_benchmark(args: argparse.Namespace, train: Train, *, headline: str, xlab
     by_run = {(arm, seed): r for (arm, seed, lr), r in {**tuned, **more}.items() if chosen[arm] == lr}
     test_jobs = [(arm, seed, chosen[arm]) for arm, seed in by_run]
     tests = {(arm, seed): r for (arm, seed, _), r in queue("test", test_jobs).items()}
+    zero_shot_test = test_zero_shot(setup, output)
 
     gains = gain_costs(by_run, lora, seeds, zero_shot)
     c2a = compute_to_accuracy(by_run, HEADLINE[0], [a for a in lora if a != HEADLINE[0]], seeds, zero_shot)
@@ -374,7 +275,7 @@ def run_benchmark(args: argparse.Namespace, train: Train, *, headline: str, xlab
     report = {"setup": setup_key(setup), "zero_shot_accuracy": zero_shot, "chosen_lr": chosen,
               "gain_costs": gains, "compute_to_accuracy": c2a,
               "runs": [dict(r) for r in by_run.values()], "tuning": [dict(r) for r in tuned.values()],
-              "test": [dict(r) for r in tests.values()]}
+              "test": [dict(r) for r in tests.values()], "zero_shot_test": zero_shot_test}
     write_json(output / "report.json", report)
-    print_report(setup, zero_shot, chosen, by_run, tests, gains, c2a, seeds, headline)
+    print_report(setup, zero_shot, chosen, by_run, tests, gains, c2a, seeds, zero_shot_test, headline)
     return report

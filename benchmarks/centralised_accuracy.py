@@ -32,7 +32,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from benchmarks import accuracy_runs as runs
-from benchmarks.accuracy_runs import ARMS, Arm, Setup
+from benchmarks.accuracy_arms import ARMS, Arm, Setup
 from benchmarks.federated_accuracy import federation_config
 
 ZO_ARMS = tuple(name for name, arm in ARMS.items() if arm.method != "fedavg")

@@ -13,14 +13,15 @@ sentences) against cumulative forward FLOPs, starting at zero-shot (LoRA starts 
    and direction seeds across arms for a given seed). Full-weight arms run the first seed only.
 3. **Test**: each chosen run's final model is rebuilt from its federation log (no training) and scored once on
    the held-out test sentences (all 1,057 by default): accuracy with its standard error, balanced accuracy and
-   per-class prediction rates.
+   per-class prediction rates, beside the untrained model (the prompt's zero-shot) on the same sentences.
 4. **Report**: FLOPs to reach 50/75/90% of the best arm's validation gain over zero-shot (mean ± std over
    seeds), and FLOPs to reach MeZO's final accuracy, whose ratio is the last line.
 
 Runs live in ``--output_dir/<arm>/lr<lr>/seed<k>/`` (the federation's own resumable state): an interrupted
 benchmark continues, a finished run is reused, and ``--report_only`` prints and plots from them. The same
 comparison without federation (ZOSplitTrainer on the pooled training sentences, at the same FLOP budget) is
-``benchmarks/centralised_accuracy.py``; both share ``benchmarks/accuracy_runs.py``.
+``benchmarks/centralised_accuracy.py``; both share ``benchmarks/accuracy_runs.py``
+(stages and run store), ``accuracy_arms.py`` and ``accuracy_report.py``.
 
     hf-fedzo prepare-assets
     python -m benchmarks.federated_accuracy --workers 2
@@ -36,15 +37,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.accuracy_arms import ARMS, FULL_ARMS, HEADLINE, LABEL_WORDS, LORA_ARMS, PROMPT, Arm, Setup
 from benchmarks.accuracy_runs import (
-    ARMS,
-    FULL_ARMS,
-    HEADLINE,
-    LABEL_WORDS,
-    LORA_ARMS,
-    PROMPT,
-    Arm,
-    Setup,
     add_arguments,
     build_model,
     check_arguments,

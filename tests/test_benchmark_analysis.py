@@ -110,3 +110,21 @@ def test_mean_curves_average_seeds_on_a_common_grid():
 def test_standard_error_of_an_accuracy():
     assert standard_error(0.8, 1000) == pytest.approx(0.01265, abs=1e-5)
     assert standard_error(0.5, 1057) == pytest.approx(0.0154, abs=1e-4)
+
+
+def test_the_test_table_sets_every_run_beside_the_untrained_model(capsys):
+    from benchmarks.accuracy_report import print_test_table
+
+    def scored(accuracy: float, positive_rate: float) -> dict[str, float]:
+        return {"accuracy": accuracy, "standard_error": standard_error(accuracy, 1000), "balanced_accuracy": accuracy,
+                "prediction_rate_0": 1 - positive_rate, "prediction_rate_1": positive_rate}
+
+    zero_shot = {**scored(0.77, 0.4), "examples": 1000, "majority_rate": 0.52}
+    tests = {("mezo", 42): scored(0.80, 0.5), ("mezo", 7): scored(0.78, 0.5), ("fedspzo", 42): scored(0.52, 0.97)}
+    print_test_table(tests, zero_shot)
+    out = capsys.readouterr().out
+    assert "majority class 0.5200" in out
+    assert "zero-shot (the prompt, untrained)" in out and "0.7700 ± 0.0133" in out
+    assert "+0.0200 ± 0.0141 (2 seeds)" in out  # MeZO: gains +0.03 and +0.01 over the same zero-shot
+    assert "-0.2500 ± nan (1 seeds)" in out
+    assert out.count("<- predicts one class >= 95%") == 1  # the collapsed run is flagged, nothing else

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.accuracy_runs import ARMS, Setup, run_dir
+from benchmarks.accuracy_arms import ARMS, Setup
+from benchmarks.accuracy_runs import run_dir
 from benchmarks.centralised_accuracy import main, run_arm, zo_config
 from benchmarks.federated_accuracy import federation_config
 from hf_fedzo.data.assets import ASSETS, write_manifest
