@@ -31,7 +31,8 @@ def print_test_table(tests: Mapping[tuple[str, int], Any], zero_shot: Mapping[st
         print(f"{ARMS[arm].label:<44} {statistics.fmean(gains):+.4f} ± {spread:.4f} ({len(gains)} seeds)")
 
 
-def print_report(setup: Setup, zero_shot: float, chosen: Mapping[str, float], by_run: Mapping[tuple[str, int], Any],
+def print_report(setup: Setup, zero_shot: float, grids: Mapping[str, Sequence[float]], chosen: Mapping[str, float],
+                 by_run: Mapping[tuple[str, int], Any],
                  tests: Mapping[tuple[str, int], Any], gains: Mapping[str, Any], c2a: Mapping[str, Any],
                  seeds: Sequence[int], zero_shot_test: Mapping[str, Any],
                  headline: str = "compute to accuracy") -> None:
@@ -39,7 +40,9 @@ def print_report(setup: Setup, zero_shot: float, chosen: Mapping[str, float], by
           f"{setup.budget_tflops:g} forward TFLOPs per run; seeds {', '.join(map(str, seeds))}")
     print(f"\nstep sizes chosen on validation (first seed):\n{'arm':<44} {'grid':<22} {'chosen':>8}")
     for arm, lr in chosen.items():
-        print(f"{ARMS[arm].label:<44} {' '.join(f'{g:g}' for g in ARMS[arm].lr_grid):<22} {lr:>8g}")
+        partial = "" if len(grids[arm]) == len(ARMS[arm].lr_grid) else \
+            f"   (partial: {len(grids[arm])} of {len(ARMS[arm].lr_grid)}, --lrs)"
+        print(f"{ARMS[arm].label:<44} {' '.join(f'{g:g}' for g in grids[arm]):<22} {lr:>8g}{partial}")
     fractions = gains["fractions"]
     print("\nmean validation accuracy over the budget (area under the curve / budget; accuracy per FLOP spent)")
     for arm in gains["arms"]:

@@ -129,6 +129,22 @@ def saved_result(path: Path, setup: Setup) -> dict[str, Any] | None:
     return saved["result"] if saved.get("setup") == setup_key(setup) else None
 
 
+def stop_with_parent() -> None:
+    """Make a worker stop when the benchmark process does (Linux). Killing only the main process otherwise leaves
+    its workers training on, for up to a whole run, and a restarted benchmark resumes the same run directories
+    beside them."""
+    if sys.platform == "linux":
+        import ctypes
+        import multiprocessing
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        parent = multiprocessing.parent_process()
+        if parent is not None and os.getppid() != parent.pid:  # the parent died before the line above
+            os._exit(1)
+
+
 def run_queue(kind: str, setup: Setup, jobs: Sequence[tuple[str, int, float]], output: Path, workers: int,
               zero_shot: float, train: Train) -> dict[tuple[str, int, float], dict[str, Any]]:
     """Run (or reuse) every (arm, seed, lr) job; ``kind`` is "curve" (``train``) or "test" (scoring)."""
@@ -165,7 +181,8 @@ def run_queue(kind: str, setup: Setup, jobs: Sequence[tuple[str, int, float]], o
     else:
         import multiprocessing
 
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=stop_with_parent) as pool:
             futures = {pool.submit(run_job, *a): job for job, a in zip(pending, args, strict=True)}
             for future in as_completed(futures):
                 keep(futures[future], future.result())
@@ -214,6 +231,9 @@ def add_arguments(parser: argparse.ArgumentParser, output_dir: str, arms: Sequen
     parser.add_argument("--eval_every_tflops", type=float, default=12.0, help="evaluate about this often")
     parser.add_argument("--eval_samples", type=int, default=256, help="validation sentences per evaluation")
     parser.add_argument("--test_samples", type=int, default=None, help="test sentences (default: all 1,057)")
+    parser.add_argument("--lrs", type=float, nargs="+", default=None,
+                        help="tune only these step sizes of each arm's grid (a partial tuning; the report prints "
+                             "the grids used)")
     parser.add_argument("--workers", type=int, default=1, help="runs side by side (threads split)")
     parser.add_argument("--report_only", action="store_true", help="use finished runs only; train nothing")
 
@@ -224,6 +244,15 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
             parser.error(f"--{name} must be > 0 (got {getattr(args, name)})")
     if not set(HEADLINE) <= set(args.arms):
         parser.error(f"--arms must include {' and '.join(HEADLINE)} (the last line compares them)")
+    for arm in args.arms:
+        if not step_grid(arm, args.lrs):
+            parser.error(f"--lrs {' '.join(f'{lr:g}' for lr in args.lrs)} leaves {arm} no step size of its grid "
+                         f"({' '.join(f'{lr:g}' for lr in ARMS[arm].lr_grid)})")
+
+
+def step_grid(arm: str, lrs: Sequence[float] | None) -> tuple[float, ...]:
+    """The step sizes ``arm`` is tuned over: its grid, or the part of it ``--lrs`` keeps (a partial tuning)."""
+    return tuple(lr for lr in ARMS[arm].lr_grid if lrs is None or any(abs(lr - x) <= 1e-12 for x in lrs))
 
 
 def run_benchmark(args: argparse.Namespace, train: Train, *, headline: str, xlabel: str) -> dict[str, Any]:
@@ -251,8 +280,9 @@ def run_benchmark(args: argparse.Namespace, train: Train, *, headline: str, xlab
         return run_queue(kind, setup, jobs, output, workers, zero_shot, train)
 
     first, seeds = args.seeds[0], args.seeds
-    tuned = queue("curve", [(arm, first, lr) for arm in args.arms for lr in ARMS[arm].lr_grid])
-    chosen = {arm: choose_lr({lr: tuned[arm, first, lr] for lr in ARMS[arm].lr_grid}) for arm in args.arms}
+    grids = {arm: step_grid(arm, args.lrs) for arm in args.arms}
+    tuned = queue("curve", [(arm, first, lr) for arm in args.arms for lr in grids[arm]])
+    chosen = {arm: choose_lr({lr: tuned[arm, first, lr] for lr in grids[arm]}) for arm in args.arms}
     lora = [arm for arm in args.arms if ARMS[arm].peft != "none"]
     more = queue("curve", [(arm, seed, chosen[arm]) for arm in lora for seed in seeds[1:]])
     by_run = {(arm, seed): r for (arm, seed, lr), r in {**tuned, **more}.items() if chosen[arm] == lr}
@@ -272,10 +302,10 @@ def run_benchmark(args: argparse.Namespace, train: Train, *, headline: str, xlab
                 ylabel=f"validation accuracy ({setup.eval_samples} sentences)",
                 title=f"{Path(setup.model).name} on VADER\n"
                       f"mean ± std over {len(seeds)} seeds, step sizes tuned on validation")
-    report = {"setup": setup_key(setup), "zero_shot_accuracy": zero_shot, "chosen_lr": chosen,
+    report = {"setup": setup_key(setup), "zero_shot_accuracy": zero_shot, "step_grids": grids, "chosen_lr": chosen,
               "gain_costs": gains, "compute_to_accuracy": c2a,
               "runs": [dict(r) for r in by_run.values()], "tuning": [dict(r) for r in tuned.values()],
               "test": [dict(r) for r in tests.values()], "zero_shot_test": zero_shot_test}
     write_json(output / "report.json", report)
-    print_report(setup, zero_shot, chosen, by_run, tests, gains, c2a, seeds, zero_shot_test, headline)
+    print_report(setup, zero_shot, grids, chosen, by_run, tests, gains, c2a, seeds, zero_shot_test, headline)
     return report
