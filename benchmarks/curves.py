@@ -7,6 +7,7 @@ LoRA starts at B = 0. A run is a dict with at least ``curve`` and ``final_accura
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -48,8 +49,8 @@ def mean_accuracy(curve: Curve, budget: float) -> float:
 
 
 def mean_and_spread(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    """Mean and sample standard deviation (NaN for a single value: one seed shows no spread, not a zero one)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
 def end_score(run: Mapping[str, Any]) -> float:

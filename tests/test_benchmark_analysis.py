@@ -12,6 +12,7 @@ from benchmarks.curves import (
     gain_costs,
     interpolate,
     mean_accuracy,
+    mean_and_spread,
     mean_curves,
     standard_error,
 )
@@ -128,3 +129,11 @@ def test_the_test_table_sets_every_run_beside_the_untrained_model(capsys):
     assert "+0.0200 ± 0.0141 (2 seeds)" in out  # MeZO: gains +0.03 and +0.01 over the same zero-shot
     assert "-0.2500 ± nan (1 seeds)" in out
     assert out.count("<- predicts one class >= 95%") == 1  # the collapsed run is flagged, nothing else
+
+
+def test_one_seed_has_no_spread_rather_than_a_zero_one():
+    import math
+
+    mean, spread = mean_and_spread([0.73])
+    assert mean == 0.73 and math.isnan(spread)
+    assert mean_and_spread([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2.0)))
