@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from benchmarks.accuracy_arms import ARMS, HEADLINE, Setup
-from benchmarks.curves import mean_accuracy
+from benchmarks.curves import mean_accuracy, mean_and_spread
 
 
 def print_test_table(tests: Mapping[tuple[str, int], Any], zero_shot: Mapping[str, Any]) -> None:
@@ -27,8 +27,8 @@ def print_test_table(tests: Mapping[tuple[str, int], Any], zero_shot: Mapping[st
     print("\ntest gain over zero-shot, mean ± std over seeds (paired: the same test sentences)")
     for arm in dict.fromkeys(arm for arm, _ in sorted(tests)):
         gains = [m["accuracy"] - zero_shot["accuracy"] for (a, _), m in tests.items() if a == arm]
-        spread = statistics.stdev(gains) if len(gains) > 1 else float("nan")
-        print(f"{ARMS[arm].label:<44} {statistics.fmean(gains):+.4f} ± {spread:.4f} ({len(gains)} seeds)")
+        mean, spread = mean_and_spread(gains)
+        print(f"{ARMS[arm].label:<44} {mean:+.4f} ± {spread:.4f} ({len(gains)} seeds)")
 
 
 def print_report(setup: Setup, zero_shot: float, grids: Mapping[str, Sequence[float]], chosen: Mapping[str, float],

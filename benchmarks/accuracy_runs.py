@@ -70,31 +70,28 @@ def save_final_trainable(model: Any, output_dir: str | Path) -> None:
                Path(output_dir) / "final_trainable.pt")
 
 
-def test_rows(setup: Setup) -> Any:
-    """The held-out sentences each chosen run (and the untrained model) is scored on once."""
+def score_test_rows(setup: Setup, model: Any) -> dict[str, Any]:
+    """``model`` scored on the held-out test sentences: the task's metrics and the accuracy's standard error."""
+    from hf_fedzo.tasks import majority_rate
+
     raw = shared_task(setup)[1]
-    return raw["test"].select(range(min(setup.test_samples or len(raw["test"]), len(raw["test"]))))
+    test = raw["test"].select(range(min(setup.test_samples or len(raw["test"]), len(raw["test"]))))
+    metrics = shared_task(setup)[0].evaluate(model, test, batch_size=32)
+    return {"examples": len(test), **metrics, "standard_error": standard_error(metrics["accuracy"], len(test)),
+            "majority_rate": majority_rate(test["label"])}
 
 
-def score_on_test(setup: Setup, arm: Arm, seed: int, lr: float, output_dir: str | None) -> dict[str, Any]:
-    """The final model of a finished run scored once on the test sentences (``output_dir=None``: the untrained
-    model, i.e. the prompt's zero-shot, since LoRA starts at B = 0)."""
+def score_on_test(setup: Setup, arm: Arm, seed: int, lr: float, output_dir: str) -> dict[str, Any]:
+    """The final model of a finished run scored once on the test sentences."""
     import torch
 
-    task, test = shared_task(setup)[0], test_rows(setup)
     model = build_model(setup, arm, seed)
-    if output_dir is None:
-        metrics = task.evaluate(model, test, batch_size=32)
-        return {"arm": "zero-shot", "examples": len(test), **metrics,
-                "standard_error": standard_error(metrics["accuracy"], len(test))}
     final = torch.load(Path(output_dir) / "final_trainable.pt")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     if set(final) != trainable:
         raise RuntimeError(f"{output_dir}/final_trainable.pt does not hold this arm's trainable tensors")
     model.load_state_dict(final, strict=False)
-    metrics = task.evaluate(model, test, batch_size=32)
-    return {"arm": arm.name, "seed": seed, "lr": lr, "examples": len(test), **metrics,
-            "standard_error": standard_error(metrics["accuracy"], len(test))}
+    return {"arm": arm.name, "seed": seed, "lr": lr, **score_test_rows(setup, model)}
 
 
 def run_job(train: Train, kind: str, setup: Setup, arm_name: str, seed: int, lr: float, output_dir: str,
@@ -204,14 +201,13 @@ def validation_zero_shot(setup: Setup, output: Path) -> float:
 
 
 def test_zero_shot(setup: Setup, output: Path) -> dict[str, Any]:
-    """The untrained model on the test sentences, scored once and kept beside the runs (forward only)."""
+    """The untrained model (LoRA starts at B = 0: the prompt's zero-shot) on the test sentences, scored once and
+    kept beside the runs (forward only)."""
     from hf_fedzo.reporting import write_json
-    from hf_fedzo.tasks import majority_rate
 
     path = output / "zero_shot_test.json"
     if (saved := saved_result(path, setup)) is None:
-        saved = {**score_on_test(setup, ARMS["mezo"], 0, 0.0, None),
-                 "majority_rate": majority_rate(test_rows(setup)["label"])}
+        saved = {"arm": "zero-shot", **score_test_rows(setup, build_model(setup, ARMS["mezo"], 0))}
         write_json(path, {"setup": setup_key(setup), "result": saved})
     return saved
 
