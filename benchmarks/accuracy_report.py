@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from benchmarks.accuracy_arms import ARMS, HEADLINE, Setup
-from benchmarks.curves import mean_accuracy, mean_and_spread
+from benchmarks.curves import late_rise, mean_accuracy, mean_and_spread, standard_error
 
 
 def print_test_table(tests: Mapping[tuple[str, int], Any], zero_shot: Mapping[str, Any]) -> None:
@@ -49,6 +49,13 @@ def print_report(setup: Setup, zero_shot: float, grids: Mapping[str, Sequence[fl
         runs = [by_run[arm, s] for s in seeds]
         area = statistics.fmean(mean_accuracy(r["curve"], setup.budget_tflops) for r in runs)
         print(f"{ARMS[arm].label:<44} {area:.4f}   final {statistics.fmean(r['final_accuracy'] for r in runs):.4f}")
+    noise = standard_error(zero_shot, setup.eval_samples)
+    print(f"\nplateau check: validation accuracy gained over the last quarter of the budget, mean ± std over seeds "
+          f"(one accuracy is ± {noise:.3f})")
+    for arm in gains["arms"]:
+        rise, spread = late_rise(by_run, arm, seeds, setup.budget_tflops)
+        verdict = "still rising" if rise > noise else "no rise beyond one standard error"
+        print(f"{ARMS[arm].label:<44} {rise:+.4f} ± {spread:.4f}   {verdict}")
     print(f"\nFLOPs (TFLOPs, mean ± std over seeds) to reach {'/'.join(f'{f:.0%}' for f in fractions)} of the best "
           f"arm's validation gain ({ARMS[gains['best']].label}: +{gains['gain']:.4f})")
     for arm, rows in gains["arms"].items():

@@ -11,6 +11,7 @@ from benchmarks.curves import (
     first_reach,
     gain_costs,
     interpolate,
+    late_rise,
     mean_accuracy,
     mean_and_spread,
     mean_curves,
@@ -137,3 +138,12 @@ def test_one_seed_has_no_spread_rather_than_a_zero_one():
     mean, spread = mean_and_spread([0.73])
     assert mean == 0.73 and math.isnan(spread)
     assert mean_and_spread([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2.0)))
+
+
+def test_late_rise_tells_a_plateau_from_a_curve_still_rising():
+    by_run = {("flat", 1): run("flat", 1, [[50.0, 0.8], [100.0, 0.8]]),
+              ("rising", 1): run("rising", 1, [[50.0, 0.6], [100.0, 0.8]]),
+              ("rising", 2): run("rising", 2, [[50.0, 0.6], [100.0, 0.7]])}
+    assert late_rise(by_run, "flat", [1], 100.0)[0] == pytest.approx(0.0)
+    mean, spread = late_rise(by_run, "rising", [1, 2], 100.0)  # accuracy at 75 → 100 TFLOPs: +0.1 and +0.05
+    assert mean == pytest.approx(0.075) and spread == pytest.approx(0.0354, abs=1e-4)
