@@ -132,8 +132,8 @@ def compute_to_accuracy(by_run: Runs, baseline: str, methods: Sequence[str], see
 
 def late_rise(by_run: Runs, arm: str, seeds: Sequence[int], budget: float, tail: float = 0.25) -> tuple[float, float]:
     """How much ``arm``'s validation accuracy still rose over the last ``tail`` of the budget: mean and spread over
-    seeds of accuracy(budget) − accuracy((1 − tail)·budget), interpolated. Near zero (inside the noise of one
-    accuracy) means the budget was long enough for the curve to plateau."""
+    seeds of accuracy(budget) − accuracy((1 − tail)·budget), interpolated. Inside the noise of one accuracy means
+    the curve is no longer measurably rising (a plateau only if the gain itself is larger than that noise)."""
     start = (1 - tail) * budget
     return mean_and_spread([end - begin for begin, end in (interpolate(by_run[arm, s]["curve"], [start, budget])
                                                           for s in seeds)])
