@@ -74,9 +74,9 @@ def score_test_rows(setup: Setup, model: Any) -> dict[str, Any]:
     """``model`` scored on the held-out test sentences: the task's metrics and the accuracy's standard error."""
     from hf_fedzo.tasks import majority_rate
 
-    raw = shared_task(setup)[1]
+    task, raw = shared_task(setup)
     test = raw["test"].select(range(min(setup.test_samples or len(raw["test"]), len(raw["test"]))))
-    metrics = shared_task(setup)[0].evaluate(model, test, batch_size=32)
+    metrics = task.evaluate(model, test, batch_size=32)
     return {"examples": len(test), **metrics, "standard_error": standard_error(metrics["accuracy"], len(test)),
             "majority_rate": majority_rate(test["label"])}
 
