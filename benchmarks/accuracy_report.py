@@ -8,7 +8,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from benchmarks.accuracy_arms import ARMS, HEADLINE, Setup
-from benchmarks.curves import late_rise, mean_accuracy, mean_and_spread, standard_error
+from benchmarks.curves import end_score, late_rise, mean_accuracy, mean_and_spread, standard_error
+
+
+def print_tuning(tuned: Mapping[tuple[str, int, float], Any], zero_shot: float, setup: Setup) -> None:
+    """Every tuning run's validation score (what picks the step size) and its lowest point, which shows a collapse
+    the end score alone can hide when a run recovers."""
+    print(f"\ntuning runs: validation on {setup.eval_samples} sentences (zero-shot {zero_shot:.4f}), "
+          f"{setup.budget_tflops:g} forward TFLOPs per run")
+    print(f"{'arm':<44} {'seed':>5} {'lr':>8} {'end score':>10} {'lowest (at TFLOPs)':>20}")
+    for (arm, seed, lr), run in sorted(tuned.items()):
+        low_tflops, low = min(run["curve"], key=lambda point: point[1])
+        print(f"{ARMS[arm].label:<44} {seed:>5} {lr:>8g} {end_score(run):>10.4f} {low:>10.4f} ({low_tflops:>5.1f})")
 
 
 def print_test_table(tests: Mapping[tuple[str, int], Any], zero_shot: Mapping[str, Any]) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.accuracy_arms import ARMS, HEADLINE, Arm, Setup
-from benchmarks.accuracy_report import print_report
+from benchmarks.accuracy_report import print_report, print_tuning
 from benchmarks.curves import choose_lr, compute_to_accuracy, gain_costs, mean_curves, standard_error
 
 Train = Callable[[Setup, Arm, int, float, str, float], dict[str, Any]]
@@ -232,6 +232,9 @@ def add_arguments(parser: argparse.ArgumentParser, output_dir: str, arms: Sequen
                              "the grids used)")
     parser.add_argument("--workers", type=int, default=1, help="runs side by side (threads split)")
     parser.add_argument("--report_only", action="store_true", help="use finished runs only; train nothing")
+    parser.add_argument("--tune_only", action="store_true",
+                        help="run the tuning stage only (first seed, every step size) and print each run's "
+                             "validation score; no further seeds, no test data touched")
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -278,6 +281,10 @@ def run_benchmark(args: argparse.Namespace, train: Train, *, headline: str, xlab
     first, seeds = args.seeds[0], args.seeds
     grids = {arm: step_grid(arm, args.lrs) for arm in args.arms}
     tuned = queue("curve", [(arm, first, lr) for arm in args.arms for lr in grids[arm]])
+    if args.tune_only:
+        print_tuning(tuned, zero_shot, setup)
+        return {"setup": setup_key(setup), "zero_shot_accuracy": zero_shot, "step_grids": grids,
+                "tuning": [dict(r) for r in tuned.values()]}
     chosen = {arm: choose_lr({lr: tuned[arm, first, lr] for lr in grids[arm]}) for arm in args.arms}
     lora = [arm for arm in args.arms if ARMS[arm].peft != "none"]
     more = queue("curve", [(arm, seed, chosen[arm]) for arm in lora for seed in seeds[1:]])

@@ -147,3 +147,17 @@ def test_late_rise_tells_a_plateau_from_a_curve_still_rising():
     assert late_rise(by_run, "flat", [1], 100.0)[0] == pytest.approx(0.0)
     mean, spread = late_rise(by_run, "rising", [1, 2], 100.0)  # accuracy at 75 → 100 TFLOPs: +0.1 and +0.05
     assert mean == pytest.approx(0.075) and spread == pytest.approx(0.0354, abs=1e-4)
+
+
+def test_the_tuning_table_shows_a_collapse_the_end_score_hides(capsys):
+    from benchmarks.accuracy_arms import Setup
+    from benchmarks.accuracy_report import print_tuning
+
+    setup = Setup(model="m", eval_samples=256, test_samples=None, budget_tflops=96.0, eval_every_tflops=12.0)
+    tuned = {("mezo", 42, 0.005): run("mezo", 42, [[30.0, 0.62], [60.0, 0.30], [90.0, 0.58], [96.0, 0.60]]),
+             ("mezo", 42, 0.002): run("mezo", 42, [[48.0, 0.55], [96.0, 0.57]])}
+    print_tuning(tuned, ZERO_SHOT, setup)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("MeZO")]
+    assert len(rows) == 2 and "0.002" in rows[0] and "0.005" in rows[1]  # sorted by step size
+    assert "0.5900" in rows[1] and "0.3000 ( 60.0)" in rows[1]  # end score 0.59, lowest 0.30 at 60 TFLOPs
+    assert "0.5600" in rows[0] and "0.5000 (  0.0)" in rows[0]  # a run that never drops: its lowest is zero-shot
