@@ -22,11 +22,13 @@ class Arm:
     peft: str = "lora"
     lora_last_layers: int | None = None
     zo_eps: float | None = None  # None: the Setup's
+    weight_decay: float = 0.0  # decoupled, per update: θ ← θ·(1 − lr·weight_decay) − lr·g·z
 
     @property
     def label(self) -> str:
         where = "" if self.lora_last_layers is None else f", LoRA top {self.lora_last_layers}"
         where += ", full weights" if self.peft == "none" else ""
+        where += f", weight decay {self.weight_decay:g}" if self.weight_decay else ""
         if self.method == "fedavg":
             return f"FedAvg (AdamW, first order{where})"
         if self.method == "mezo":
@@ -52,6 +54,10 @@ ARMS: dict[str, Arm] = {arm.name: arm for arm in (
     # Split placement (not in the default queue): the split layer at P2 = 4, then P2 at the default split.
     Arm("fedspzo-split15", "fedspzo", ZO_GRID, zo_p2=4, zo_split="15"),
     Arm("fedspzo-p2-8", "fedspzo", ZO_GRID, zo_p2=8, zo_split="0.9"),
+    # Weight decay bounds the random walk ZO noise drives the adapters on (docs/benchmarks.md, "Why lr 5e-3
+    # collapses"): its stationary ‖B‖² is about lr·g²·d_B / (2·weight_decay), ~10² at lr 5e-3 with decay 2.
+    Arm("mezo-wd2", "mezo", ZO_GRID, weight_decay=2.0),
+    Arm("fedspzo-wd2", "fedspzo", ZO_GRID, zo_p2=4, zo_split="0.9", weight_decay=2.0),
     Arm("mezo-full", "mezo", (1e-6, 3e-6, 1e-5), peft="none", zo_eps=1e-3),
     Arm("fedspzo-full", "fedspzo", (1e-6, 3e-6, 1e-5), zo_p2=4, zo_split="0.9", peft="none", zo_eps=1e-3),
 )}

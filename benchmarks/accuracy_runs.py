@@ -241,8 +241,9 @@ def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     for name in ("budget_tflops", "eval_every_tflops", "eval_samples", "workers"):
         if not getattr(args, name) > 0:
             parser.error(f"--{name} must be > 0 (got {getattr(args, name)})")
-    if not set(HEADLINE) <= set(args.arms):
-        parser.error(f"--arms must include {' and '.join(HEADLINE)} (the last line compares them)")
+    if not args.tune_only and not set(HEADLINE) <= set(args.arms):
+        parser.error(f"--arms must include {' and '.join(HEADLINE)} (the last line compares them; --tune_only "
+                     "prints no last line)")
     for arm in args.arms:
         if not step_grid(arm, args.lrs):
             parser.error(f"--lrs {' '.join(f'{lr:g}' for lr in args.lrs)} leaves {arm} no step size of its grid "

@@ -74,10 +74,12 @@ def zo_config(setup: Setup, arm: Arm, seed: int, lr: float, output_dir: str) -> 
 
     from hf_fedzo import ZOConfig
 
-    zo = federation_config(setup, arm, seed, lr).round_settings().zo
-    return ZOConfig(output_dir=output_dir, learning_rate=lr, lr_scheduler_type="constant", max_steps=10**9,
-                    per_device_train_batch_size=setup.batch_size, seed=seed, zo_eps=zo.eps, zo_p1=zo.p1,
-                    zo_p2=zo.p2, zo_split=zo.split, zo_perturbation=zo.perturbation, zo_difference=zo.difference,
+    federation = federation_config(setup, arm, seed, lr)
+    zo = federation.round_settings().zo
+    return ZOConfig(output_dir=output_dir, learning_rate=lr, weight_decay=federation.weight_decay,
+                    lr_scheduler_type="constant", max_steps=10**9, per_device_train_batch_size=setup.batch_size,
+                    seed=seed, zo_eps=zo.eps, zo_p1=zo.p1, zo_p2=zo.p2, zo_split=zo.split,
+                    zo_perturbation=zo.perturbation, zo_difference=zo.difference,
                     zo_layers_path=zo.layers_path, eval_strategy="no", save_strategy="no", save_total_limit=1,
                     logging_strategy="no", report_to="none", disable_tqdm=True,
                     dataloader_pin_memory=torch.cuda.is_available())  # no warning per run on a CPU machine

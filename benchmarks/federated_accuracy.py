@@ -63,7 +63,8 @@ def federation_config(setup: Setup, arm: Arm, seed: int, lr: float) -> Any:
     return FederationConfig(
         method=arm.method, num_clients=setup.num_clients, clients_per_round=setup.clients_per_round,
         rounds=100_000, local_steps=setup.local_steps, batch_size=setup.batch_size, learning_rate=lr, fedavg_lr=lr,
-        zo_eps=arm.zo_eps or setup.zo_eps, zo_p1=arm.zo_p1, zo_p2=arm.zo_p2, zo_split=arm.zo_split,
+        weight_decay=arm.weight_decay, zo_eps=arm.zo_eps or setup.zo_eps, zo_p1=arm.zo_p1, zo_p2=arm.zo_p2,
+        zo_split=arm.zo_split,
         partition="dirichlet", dirichlet_alpha=setup.dirichlet_alpha, seed=seed,
         flop_budget=setup.budget_tflops * 1e12)
 

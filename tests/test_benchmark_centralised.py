@@ -38,9 +38,11 @@ def tiny_assets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_a_run_trains_with_the_federations_zo_settings(tmp_path: Path) -> None:
     setup = Setup(model="tiny", eval_samples=8, test_samples=None, budget_tflops=1.0, eval_every_tflops=1.0)
-    for name in ("mezo", "nspsa", "fedspzo", "fedspzo-p2-2", "mezo-full"):
+    for name in ("mezo", "nspsa", "fedspzo", "fedspzo-p2-2", "mezo-full", "fedspzo-wd2"):
         args = zo_config(setup, ARMS[name], 7, 5e-3, str(tmp_path))
-        assert args.zo_settings == federation_config(setup, ARMS[name], 7, 5e-3).round_settings().zo
+        federation = federation_config(setup, ARMS[name], 7, 5e-3)
+        assert args.zo_settings == federation.round_settings().zo
+        assert args.weight_decay == federation.weight_decay == ARMS[name].weight_decay
         assert args.per_device_train_batch_size == setup.batch_size and args.lr_scheduler_type == "constant"
 
 
