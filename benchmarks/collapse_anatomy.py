@@ -1,12 +1,15 @@
-"""Why a step size collapses: replay a finished run of ``benchmarks.federated_accuracy`` from its log and print,
-round by round, the size of the LoRA weights and of the projected gradients beside the training loss.
+"""Why a step size collapses: replay a finished run of ``benchmarks.federated_accuracy`` (its federation log) or
+of ``benchmarks.centralised_accuracy`` (the ZO trajectory of its last checkpoint) and print, a row per round (or
+per 16 trainer steps, the client steps of one federated round), the size of the LoRA weights and of the
+projected gradients beside the training loss and the validation accuracy.
 
-No forward pass is needed beyond one that builds the block plan: the aggregated (seed, scalar) log alone
-rebuilds the weights after every round, which is the federation's own replay. The question it answers is whether
-a step size that is stable at the start (LoRA's B = 0: the loss is flat in A) becomes too large as the adapters
-grow, which would show as projected gradients growing with ‖B‖ before the loss turns.
+No forward pass is needed beyond one that builds the block plan: the (seed, scalar) record alone rebuilds the
+weights, as every party's replay does. The question it answers is whether a step size that is stable at the start
+(LoRA's B = 0) becomes too large as the adapters grow, and whether their growth is movement along the gradient or
+the accumulated noise of random directions ("‖B‖ noise": what ‖B‖ would be if every step were pure noise).
 
     python -m benchmarks.collapse_anatomy out/benchmarks/federated_accuracy/mezo/lr0.005/seed42
+    python -m benchmarks.collapse_anatomy out/benchmarks/centralised_accuracy/mezo/lr0.002/seed42
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ import torch
 from benchmarks.accuracy_arms import ARMS, Setup
 from benchmarks.accuracy_runs import build_model
 from benchmarks.federated_accuracy import federation_config
+
+STEPS_PER_ROW = 16  # centralised: the client steps of one federated round (4 clients × 4 local steps)
+Group = tuple[dict[str, Any], list[Any]]  # (what the row shows besides the norms, the updates it applies)
 
 
 def lora_pairs(model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
@@ -46,30 +52,58 @@ def noise_walk(scalars: Sequence[float], lr: float, dimension: int) -> float:
     return math.sqrt(sum((lr * g) ** 2 for g in scalars) * dimension)
 
 
-def load_run(run_dir: Path) -> tuple[Setup, dict[str, Any], list[Any], list[dict[str, Any]]]:
+def finished_run(run_dir: Path) -> tuple[Setup, dict[str, Any]]:
+    path = run_dir / "curve.json"
+    if not path.is_file():
+        raise SystemExit(f"run_dir {run_dir}: no curve.json (the accuracy benchmarks write it when a run finishes)")
+    saved = json.loads(path.read_text())
+    return Setup(**{**saved["setup"], "label_words": tuple(saved["setup"]["label_words"])}), saved["result"]
+
+
+def federated_groups(run_dir: Path) -> list[Group]:
+    """One group per round: its loss, evaluation and FLOPs, and the log records it added."""
     from hf_fedzo.federation import LogRecord
 
-    missing = [name for name in ("curve.json", "federation_state.json", "federation_results.json")
-               if not (run_dir / name).is_file()]
-    if missing:
-        raise SystemExit(f"run_dir {run_dir}: no {', '.join(missing)} (a finished federated_accuracy run has them)")
-    saved = json.loads((run_dir / "curve.json").read_text())
-    setup = Setup(**{**saved["setup"], "label_words": tuple(saved["setup"]["label_words"])})
-    log = [LogRecord.from_json(r) for r in json.loads((run_dir / "federation_state.json").read_text())["server"]["log"]]
+    state = json.loads((run_dir / "federation_state.json").read_text())
+    log = [LogRecord.from_json(record) for record in state["server"]["log"]]
     rounds = json.loads((run_dir / "federation_results.json").read_text())["rounds"]
-    return setup, saved["result"], log, rounds
+    return [({"row": r["round"], "tflops": r["cumulative_flops"] / 1e12, "train_loss": r["train_loss"],
+              "accuracy": (r.get("eval") or {}).get("accuracy")}, [x.update for x in log if x.round == r["round"]])
+            for r in rounds]
+
+
+def centralised_groups(run_dir: Path, run: dict[str, Any]) -> list[Group]:
+    """One group per ``STEPS_PER_ROW`` trainer steps, from the trajectory and evaluations of the last checkpoint."""
+    from hf_fedzo.trajectory import TRAJECTORY_NAME, load_trajectory
+
+    checkpoints = sorted(run_dir.glob("checkpoint-*"), key=lambda path: int(path.name.split("-")[-1]))
+    if not checkpoints:
+        raise SystemExit(f"run_dir {run_dir}: no checkpoint-* with a {TRAJECTORY_NAME}")
+    updates = load_trajectory(checkpoints[-1] / TRAJECTORY_NAME).updates
+    history = json.loads((checkpoints[-1] / "trainer_state.json").read_text())["log_history"]
+    accuracy_at = {entry["step"]: entry["validation_accuracy"] for entry in history if "validation_accuracy" in entry}
+    tflops_per_step = run["total_tflops"] / run["steps"]
+    groups = []
+    for start in range(0, len(updates), STEPS_PER_ROW):
+        end = min(start + STEPS_PER_ROW, len(updates))
+        evaluated = [accuracy_at[s] for s in sorted(accuracy_at) if start < s <= end]
+        groups.append(({"row": end, "tflops": end * tflops_per_step, "train_loss": None,
+                        "accuracy": evaluated[-1] if evaluated else None}, updates[start:end]))
+    return groups
 
 
 def anatomy(run_dir: Path) -> list[dict[str, Any]]:
-    """One row per round: loss, validation accuracy where evaluated, |projected gradient| and adapter norms."""
+    """One row per group of updates: loss, validation where evaluated, |projected gradient| and adapter norms."""
     from transformers import AutoTokenizer
 
     from hf_fedzo.engine import ZOEstimator, apply_updates
 
-    setup, run, log, rounds = load_run(run_dir)
+    setup, run = finished_run(run_dir)
     arm = ARMS[run["arm"]]
     if arm.peft != "lora":
         raise SystemExit(f"run_dir {run_dir}: arm {arm.name} has no LoRA adapters to measure")
+    groups = federated_groups(run_dir) if (run_dir / "federation_state.json").is_file() else \
+        centralised_groups(run_dir, run)
     model = build_model(setup, arm, run["seed"])
     estimator = ZOEstimator(model, federation_config(setup, arm, run["seed"], run["lr"]).round_settings().zo)
     tokenizer = AutoTokenizer.from_pretrained(setup.model)
@@ -79,35 +113,38 @@ def anatomy(run_dir: Path) -> list[dict[str, Any]]:
     b_dimension = sum(b.numel() for _, b, _ in lora_pairs(model))
     applied: list[float] = []
     rows = []
-    for record in rounds:
-        updates = [r.update for r in log if r.round == record["round"]]
+    for shown, updates in groups:
         with torch.no_grad():
             apply_updates(estimator, updates)
         scalars = torch.tensor([s for u in updates for step in u.scalars for row in step for s in row])
         applied += [float(torch.tensor(u.scalars).mean()) for u in updates]  # the mean over micro-batches moves θ
-        rows.append({"round": record["round"], "tflops": record["cumulative_flops"] / 1e12,
-                     "train_loss": record["train_loss"], "accuracy": (record.get("eval") or {}).get("accuracy"),
-                     "mean_abs_scalar": float(scalars.abs().mean()), "max_abs_scalar": float(scalars.abs().max()),
+        rows.append({**shown, "mean_abs_scalar": float(scalars.abs().mean()),
+                     "max_abs_scalar": float(scalars.abs().max()),
                      "B_noise_walk": noise_walk(applied, run["lr"], b_dimension) if one_direction else None,
                      **lora_norms(model)})
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def print_rows(run_dir: Path, rows: Sequence[dict[str, Any]]) -> None:
+    unit = "round" if (run_dir / "federation_state.json").is_file() else "step"
+    print(f"\n{run_dir}\n{unit:>5} {'TFLOPs':>7} {'train loss':>10} {'val acc':>8} {'mean |g|':>9} {'max |g|':>9} "
+          f"{'‖A‖':>8} {'‖B‖':>8} {'‖B‖ noise':>9} {'‖BA·s‖':>9}")
+    for r in rows:
+        loss = "" if r["train_loss"] is None else f"{r['train_loss']:.4f}"
+        accuracy = "" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
+        walk = "–" if r["B_noise_walk"] is None else f"{r['B_noise_walk']:.4f}"
+        print(f"{r['row']:>5} {r['tflops']:>7.1f} {loss:>10} {accuracy:>8} {r['mean_abs_scalar']:>9.2f} "
+              f"{r['max_abs_scalar']:>9.2f} {r['A']:>8.3f} {r['B']:>8.4f} {walk:>9} {r['delta_w']:>9.4f}")
+
+
+def main(argv: Sequence[str] | None = None) -> list[list[dict[str, Any]]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+", type=Path, help="finished run folders (<arm>/lr<lr>/seed<k>)")
     args = parser.parse_args(argv)
     every = []
     for run_dir in args.run_dirs:
         rows = anatomy(run_dir)
-        print(f"\n{run_dir}\n{'round':>5} {'TFLOPs':>7} {'train loss':>10} {'val acc':>8} {'mean |g|':>9} "
-              f"{'max |g|':>9} {'‖A‖':>8} {'‖B‖':>8} {'‖B‖ noise':>9} {'‖BA·s‖':>8}")
-        for r in rows:
-            accuracy = "" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
-            walk = "–" if r["B_noise_walk"] is None else f"{r['B_noise_walk']:.4f}"
-            print(f"{r['round']:>5} {r['tflops']:>7.1f} {r['train_loss']:>10.4f} {accuracy:>8} "
-                  f"{r['mean_abs_scalar']:>9.2f} {r['max_abs_scalar']:>9.2f} {r['A']:>8.3f} {r['B']:>8.4f} "
-                  f"{walk:>9} {r['delta_w']:>8.4f}")
+        print_rows(run_dir, rows)
         every.append(rows)
     return every
 
