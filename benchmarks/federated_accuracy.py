@@ -26,6 +26,7 @@ comparison without federation (ZOSplitTrainer on the pooled training sentences, 
     hf-fedzo prepare-assets
     python -m benchmarks.federated_accuracy --workers 2
     python -m benchmarks.federated_accuracy --report_only --figures_dir docs/figures
+    python -m benchmarks.federated_accuracy --arms mezo-wd2 --lrs 0.005 --seeds 42 --tune_only  # tuning runs only
 """
 
 from __future__ import annotations
