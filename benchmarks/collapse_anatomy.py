@@ -46,10 +46,14 @@ def lora_norms(model: torch.nn.Module) -> dict[str, float]:
             "delta_w": math.sqrt(sum(float((b @ a * s).pow(2).sum()) for a, b, s in pairs))}
 
 
-def noise_walk(scalars: Sequence[float], lr: float, dimension: int) -> float:
-    """‖B‖ if every step were pure noise: B starts at 0 and each one-direction step adds lr·g·z with independent
-    unit-variance z, so the squared norms add up, Σ (lr·g)²·d (the part along the gradient is left out)."""
-    return math.sqrt(sum((lr * g) ** 2 for g in scalars) * dimension)
+def noise_walk(scalars: Sequence[float], lr: float, dimension: int, weight_decay: float = 0.0) -> float:
+    """‖B‖ if every step were pure noise: B starts at 0 and each one-direction step first decays B by
+    (1 − lr·weight_decay), then adds lr·g·z with a fresh unit-variance z, so squared norms add up:
+    Σ (lr·g)²·d without decay (the part along the gradient is left out)."""
+    squared = 0.0
+    for g in scalars:
+        squared = squared * (1 - lr * weight_decay) ** 2 + (lr * g) ** 2 * dimension
+    return math.sqrt(squared)
 
 
 def finished_run(run_dir: Path) -> tuple[Setup, dict[str, Any]]:
@@ -120,7 +124,8 @@ def anatomy(run_dir: Path) -> list[dict[str, Any]]:
         applied += [float(torch.tensor(u.scalars).mean()) for u in updates]  # the mean over micro-batches moves θ
         rows.append({**shown, "mean_abs_scalar": float(scalars.abs().mean()),
                      "max_abs_scalar": float(scalars.abs().max()),
-                     "B_noise_walk": noise_walk(applied, run["lr"], b_dimension) if one_direction else None,
+                     "B_noise_walk": noise_walk(applied, run["lr"], b_dimension, arm.weight_decay)
+                     if one_direction else None,
                      **lora_norms(model)})
     return rows
 

@@ -37,3 +37,15 @@ def test_the_noise_walk_is_the_norm_of_steps_along_independent_directions():
         b -= lr * g * torch.randn(dimension)
     assert math.isclose(noise_walk(scalars, lr, dimension), float(b.norm()), rel_tol=0.02)
     assert noise_walk([], lr, dimension) == 0.0
+
+
+def test_the_noise_walk_with_decay_shrinks_what_came_before_each_step():
+    torch.manual_seed(0)
+    dimension, lr, decay = 20_000, 0.01, 5.0
+    scalars = [1.0] * 40
+    b = torch.zeros(dimension)
+    for g in scalars:
+        b = b * (1 - lr * decay) - lr * g * torch.randn(dimension)
+    walk = noise_walk(scalars, lr, dimension, decay)
+    assert math.isclose(walk, float(b.norm()), rel_tol=0.02)
+    assert walk < 0.6 * noise_walk(scalars, lr, dimension)  # 40 steps at 5 % decay each: well below the free walk
