@@ -8,9 +8,9 @@
    could use that kernel, and without it bitsandbytes runs its own CPU kernel. Only these two reasons are
    dropped: any other failure to load the kernel still shows. The filters go on the two loggers when hf_fedzo
    is imported, since the records are emitted once, at bitsandbytes' import, before any model exists.
-2. PEFT reads ``model.is_gradient_checkpointing`` while wrapping a model, a property transformers 5 deprecated
-   with a FutureWarning addressed to PEFT, not to the user (ZO runs no backward pass to checkpoint). It is
-   hidden only around the wrap (:func:`peft_deprecations_hidden`).
+2. PEFT up to 0.21 reads ``model.is_gradient_checkpointing`` while wrapping a model (0.22 no longer does), a
+   property transformers 5 deprecated with a FutureWarning addressed to PEFT, not to the user (ZO runs no backward
+   pass to checkpoint). It is hidden only around the wrap (:func:`peft_deprecations_hidden`).
 
 This module imports nothing of hf_fedzo (``hf_fedzo/__init__.py`` imports it first).
 """

@@ -168,6 +168,8 @@ def test_importing_hf_fedzo_offline_prints_nothing() -> None:
 
 
 def test_peft_checkpointing_deprecation_is_hidden_only_around_the_wrap() -> None:
+    import peft
+    from packaging.version import Version
     from peft import LoraConfig, get_peft_model
 
     from hf_fedzo.runs import ModelArguments
@@ -177,7 +179,10 @@ def test_peft_checkpointing_deprecation_is_hidden_only_around_the_wrap() -> None
     with warnings.catch_warnings(record=True) as caught:  # the source: PEFT's wrap, without our filter
         warnings.simplefilter("always")
         get_peft_model(llama(), LoraConfig(r=2, target_modules=["q_proj"]))
-    assert any(CHECKPOINTING_DEPRECATION in str(w.message) for w in caught)
+    # PEFT <= 0.21 reads the property while wrapping; 0.22 no longer does, and then there is nothing to hide, but
+    # the filter must still let the warning through outside the wrap (below).
+    peft_reads_it = any(CHECKPOINTING_DEPRECATION in str(w.message) for w in caught)
+    assert peft_reads_it or Version(peft.__version__) >= Version("0.22")
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
