@@ -56,11 +56,17 @@ def noise_walk(scalars: Sequence[float], lr: float, dimension: int, weight_decay
     return math.sqrt(squared)
 
 
+def is_federated(run_dir: Path) -> bool:
+    return (run_dir / "federation_state.json").is_file()
+
+
 def finished_run(run_dir: Path) -> tuple[Setup, dict[str, Any]]:
     path = run_dir / "curve.json"
     if not path.is_file():
         raise SystemExit(f"run_dir {run_dir}: no curve.json (the accuracy benchmarks write it when a run finishes)")
     saved = json.loads(path.read_text())
+    if saved["result"]["arm"] not in ARMS:
+        raise SystemExit(f"run_dir {run_dir}: arm {saved['result']['arm']!r} is not one of benchmarks.accuracy_arms")
     return Setup(**{**saved["setup"], "label_words": tuple(saved["setup"]["label_words"])}), saved["result"]
 
 
@@ -68,11 +74,16 @@ def federated_groups(run_dir: Path) -> list[Group]:
     """One group per round: its loss, evaluation and FLOPs, and the log records it added."""
     from hf_fedzo.federation import LogRecord
 
+    if not (run_dir / "federation_results.json").is_file():
+        raise SystemExit(f"run_dir {run_dir}: no federation_results.json beside its federation_state.json")
     state = json.loads((run_dir / "federation_state.json").read_text())
-    log = [LogRecord.from_json(record) for record in state["server"]["log"]]
+    by_round: dict[int, list[Any]] = {}
+    for data in state["server"]["log"]:
+        record = LogRecord.from_json(data)
+        by_round.setdefault(record.round, []).append(record.update)
     rounds = json.loads((run_dir / "federation_results.json").read_text())["rounds"]
     return [({"row": r["round"], "tflops": r["cumulative_flops"] / 1e12, "train_loss": r["train_loss"],
-              "accuracy": (r.get("eval") or {}).get("accuracy")}, [x.update for x in log if x.round == r["round"]])
+              "accuracy": (r.get("eval") or {}).get("accuracy")}, by_round.get(r["round"], []))
             for r in rounds]
 
 
@@ -106,8 +117,7 @@ def anatomy(run_dir: Path) -> list[dict[str, Any]]:
     arm = ARMS[run["arm"]]
     if arm.peft != "lora":
         raise SystemExit(f"run_dir {run_dir}: arm {arm.name} has no LoRA adapters to measure")
-    groups = federated_groups(run_dir) if (run_dir / "federation_state.json").is_file() else \
-        centralised_groups(run_dir, run)
+    groups = federated_groups(run_dir) if is_federated(run_dir) else centralised_groups(run_dir, run)
     model = build_model(setup, arm, run["seed"])
     estimator = ZOEstimator(model, federation_config(setup, arm, run["seed"], run["lr"]).round_settings().zo)
     tokenizer = AutoTokenizer.from_pretrained(setup.model)
@@ -120,10 +130,10 @@ def anatomy(run_dir: Path) -> list[dict[str, Any]]:
     for shown, updates in groups:
         with torch.no_grad():
             apply_updates(estimator, updates)
-        scalars = torch.tensor([s for u in updates for step in u.scalars for row in step for s in row])
-        applied += [float(torch.tensor(u.scalars).mean()) for u in updates]  # the mean over micro-batches moves θ
-        rows.append({**shown, "mean_abs_scalar": float(scalars.abs().mean()),
-                     "max_abs_scalar": float(scalars.abs().max()),
+        per_update = [torch.tensor(u.scalars) for u in updates]  # (micro-batch, P1, P2) each
+        magnitudes = torch.cat([t.flatten() for t in per_update]).abs() if per_update else torch.full((1,), math.nan)
+        applied += [float(t.mean()) for t in per_update]  # one direction: the mean over micro-batches moves θ
+        rows.append({**shown, "mean_abs_scalar": float(magnitudes.mean()), "max_abs_scalar": float(magnitudes.max()),
                      "B_noise_walk": noise_walk(applied, run["lr"], b_dimension, arm.weight_decay)
                      if one_direction else None,
                      **lora_norms(model)})
@@ -131,7 +141,7 @@ def anatomy(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def print_rows(run_dir: Path, rows: Sequence[dict[str, Any]]) -> None:
-    unit = "round" if (run_dir / "federation_state.json").is_file() else "step"
+    unit = "round" if is_federated(run_dir) else "step"
     print(f"\n{run_dir}\n{unit:>5} {'TFLOPs':>7} {'train loss':>10} {'val acc':>8} {'mean |g|':>9} {'max |g|':>9} "
           f"{'‖A‖':>8} {'‖B‖':>8} {'‖B‖ noise':>9} {'‖BA·s‖':>9}")
     for r in rows:
