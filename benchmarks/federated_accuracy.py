@@ -94,7 +94,8 @@ def _round_tflops(arm: Arm, config: Any, model: Any, batch_loss: Any, probe: Any
 def run_arm(setup: Setup, arm: Arm, seed: int, lr: float, output_dir: str, zero_shot: float) -> dict[str, Any]:
     """One federation of ``arm`` at ``lr`` on ``seed`` until the FLOP budget is spent: its validation curve.
     The final trainable tensors are kept (``final_trainable.pt``) for the test stage."""
-    from hf_fedzo.federation import simulate_federation, task_batch_loss, task_clients
+    from hf_fedzo.federation import plot_rounds, simulate_federation, task_batch_loss, task_clients
+    from hf_fedzo.tasks import majority_rate
 
     started = time.perf_counter()
     task, raw = shared_task(setup)
@@ -110,6 +111,10 @@ def run_arm(setup: Setup, arm: Arm, seed: int, lr: float, output_dir: str, zero_
                                  run_info={"benchmark": "federated_accuracy", "setup": setup_key(setup),
                                            "arm": dataclasses.asdict(arm)})
     save_final_trainable(model, output_dir)
+    # The run's own plots again, from round 0 and with the lines a reader needs to judge the curve.
+    plot_rounds(Path(output_dir), config, result, label=f"{arm.label}, lr {lr:g}, seed {seed}", start=zero_shot,
+                references=[("zero-shot", zero_shot), ("majority class", majority_rate(validation["label"]))],
+                ylabel=f"validation accuracy ({len(validation)} sentences)")
     evaluated = [r for r in result.rounds if r.eval is not None]
     return {
         "arm": arm.name, "seed": seed, "lr": lr, "rounds": len(result.rounds),

@@ -45,6 +45,26 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathF
 
 
 @pytest.fixture
+def tiny_assets(tmp_path, monkeypatch):
+    """A tiny Llama saved with its tokenizer, and a prepared fake VADER asset in a private cache (the accuracy
+    benchmarks' end-to-end tests)."""
+    from hf_fedzo.data.assets import ASSETS, write_manifest
+    from tests.asset_fixtures import make_fake_vader_sdist
+    from tests.tiny_models import build_bpe_tokenizer, llama
+
+    spec = ASSETS["vader"]
+    folder = tmp_path / "cache" / spec.relpath
+    folder.mkdir(parents=True)
+    make_fake_vader_sdist(folder / spec.entry, n_rows=80)  # movie: 64 train, 8 validation, 8 test sentences
+    write_manifest(spec, folder)
+    monkeypatch.setenv("HF_FEDZO_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    llama().save_pretrained(tmp_path / "llama")
+    build_bpe_tokenizer().save_pretrained(tmp_path / "llama")
+    return tmp_path / "llama"
+
+
+@pytest.fixture
 def tokenizer():
     from tests.tiny_models import build_tokenizer
 

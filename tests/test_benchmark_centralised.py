@@ -1,4 +1,5 @@
-"""benchmarks/centralised_accuracy.py end to end on a tiny random-weight Llama and a tiny fake VADER, offline."""
+"""benchmarks/centralised_accuracy.py end to end on a tiny random-weight Llama and a tiny fake VADER, offline
+(the ``tiny_assets`` fixture is in conftest.py)."""
 
 from __future__ import annotations
 
@@ -13,27 +14,9 @@ from benchmarks.accuracy_arms import ARMS, Setup
 from benchmarks.accuracy_runs import run_dir
 from benchmarks.centralised_accuracy import main, run_arm, zo_config
 from benchmarks.federated_accuracy import federation_config
-from hf_fedzo.data.assets import ASSETS, write_manifest
-from tests.asset_fixtures import make_fake_vader_sdist
-from tests.tiny_models import build_bpe_tokenizer, llama
 
 ARGS = ["--arms", "mezo", "fedspzo", "--seeds", "1", "2", "--eval_samples", "8", "--workers", "1"]
 BUDGET_TFLOPS, EVAL_EVERY_TFLOPS = 9e-4, 3e-4  # a tiny-Llama step: MeZO 1.7e-4, FedSPZO 3.0e-4
-
-
-@pytest.fixture
-def tiny_assets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A tiny Llama saved with its tokenizer, and a prepared fake VADER asset in a private cache."""
-    spec = ASSETS["vader"]
-    folder = tmp_path / "cache" / spec.relpath
-    folder.mkdir(parents=True)
-    make_fake_vader_sdist(folder / spec.entry, n_rows=80)  # movie: 64 train, 8 validation, 8 test sentences
-    write_manifest(spec, folder)
-    monkeypatch.setenv("HF_FEDZO_CACHE", str(tmp_path / "cache"))
-    torch.manual_seed(0)
-    llama().save_pretrained(tmp_path / "llama")
-    build_bpe_tokenizer().save_pretrained(tmp_path / "llama")
-    return tmp_path / "llama"
 
 
 def test_a_run_trains_with_the_federations_zo_settings(tmp_path: Path) -> None:
