@@ -299,13 +299,14 @@ def run_benchmark(args: argparse.Namespace, train: Train, *, headline: str, xlab
     labels = {arm: f"{ARMS[arm].label}, lr {chosen[arm]:g}" for arm in lora}
     curves = mean_curves(by_run, labels, seeds, setup.budget_tflops)
     majority = majority_rate(validation_rows(setup)["label"])
+    spread = f"mean ± std over {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]} only (no spread)"
     draw_curves(figures / "compute_to_accuracy.png", {k: (g, m) for k, (g, m, _) in curves.items()},
                 bands={k: s for k, (_, _, s) in curves.items()},
                 reference=[("zero-shot", zero_shot), ("majority class", majority)], min_yspan=0.1,
                 y_bounds=(0.0, 1.0), xlabel=xlabel,
                 ylabel=f"validation accuracy ({setup.eval_samples} sentences)",
                 title=f"{Path(setup.model).name} on VADER\n"
-                      f"mean ± std over {len(seeds)} seeds, step sizes tuned on validation")
+                      f"{spread}, step sizes tuned on validation")
     report = {"setup": setup_key(setup), "zero_shot_accuracy": zero_shot, "step_grids": grids, "chosen_lr": chosen,
               "gain_costs": gains, "compute_to_accuracy": c2a,
               "runs": [dict(r) for r in by_run.values()], "tuning": [dict(r) for r in tuned.values()],
