@@ -94,7 +94,7 @@ def _round_tflops(arm: Arm, config: Any, model: Any, batch_loss: Any, probe: Any
 def run_arm(setup: Setup, arm: Arm, seed: int, lr: float, output_dir: str, zero_shot: float) -> dict[str, Any]:
     """One federation of ``arm`` at ``lr`` on ``seed`` until the FLOP budget is spent: its validation curve.
     The final trainable tensors are kept (``final_trainable.pt``) for the test stage."""
-    from hf_fedzo.federation import plot_rounds, simulate_federation, task_batch_loss, task_clients
+    from hf_fedzo.federation import RoundPlot, simulate_federation, task_batch_loss, task_clients
     from hf_fedzo.tasks import majority_rate
 
     started = time.perf_counter()
@@ -105,16 +105,16 @@ def run_arm(setup: Setup, arm: Arm, seed: int, lr: float, output_dir: str, zero_
     model, batch_loss = build_model(setup, arm, seed), task_batch_loss(task)
     probe = clients[0].round_batches(seed, 0, 0, 1, setup.batch_size)[0]
     eval_every = max(1, round(setup.eval_every_tflops / _round_tflops(arm, config, model, batch_loss, probe)))
+    # The run's plots start at round 0 and carry the lines a reader needs to judge the curve.
+    plot = RoundPlot(label=f"{arm.label}, lr {lr:g}, seed {seed}", start=zero_shot,
+                     references=[("zero-shot", zero_shot), ("majority class", majority_rate(validation["label"]))],
+                     ylabel=f"validation accuracy ({len(validation)} sentences)")
     result = simulate_federation(model, batch_loss, clients, dataclasses.replace(config, eval_every=eval_every),
                                  output_dir=Path(output_dir),
                                  evaluate=lambda m: task.evaluate(m, validation, batch_size=32),
                                  run_info={"benchmark": "federated_accuracy", "setup": setup_key(setup),
-                                           "arm": dataclasses.asdict(arm)})
+                                           "arm": dataclasses.asdict(arm)}, plot=plot)
     save_final_trainable(model, output_dir)
-    # The run's own plots again, from round 0 and with the lines a reader needs to judge the curve.
-    plot_rounds(Path(output_dir), config, result, label=f"{arm.label}, lr {lr:g}, seed {seed}", start=zero_shot,
-                references=[("zero-shot", zero_shot), ("majority class", majority_rate(validation["label"]))],
-                ylabel=f"validation accuracy ({len(validation)} sentences)")
     evaluated = [r for r in result.rounds if r.eval is not None]
     return {
         "arm": arm.name, "seed": seed, "lr": lr, "rounds": len(result.rounds),

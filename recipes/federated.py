@@ -38,8 +38,8 @@ from hf_fedzo.data import load_task_dataset
 from hf_fedzo.federation import (
     METHODS,
     FederationConfig,
+    RoundPlot,
     federation_figures,
-    plot_rounds,
     simulate_federation,
     task_batch_loss,
     task_clients,
@@ -153,8 +153,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     + f"; eval = accuracy on {len(validation)} validation examples"
                     + (f" every {config.eval_every} rounds and at the end" if config.eval_every else " at the end"))
         started = time.perf_counter()
+        plot = RoundPlot(label=method, start=validation_zero_shot, references=references, ylabel=curve_label)
         result = simulate_federation(model, task_batch_loss(task), clients, config, output_dir=output / method,
-                                     resume=run.resume, evaluate=evaluate, run_info=run_info)
+                                     resume=run.resume, evaluate=evaluate, run_info=run_info, plot=plot)
         seconds = time.perf_counter() - started
         budget = budget if budget is not None else result.total_flops
         if state.is_main_process:
@@ -180,9 +181,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             evaluated = [r for r in result.rounds if r.eval is not None]
             curves[method] = ([0.0, *(r.cumulative_flops / 1e12 for r in evaluated)],
                               [validation_zero_shot, *(r.eval["accuracy"] for r in evaluated)])
-            # The method's own plots again, now from round 0 and with the reference lines the recipe knows.
-            plot_rounds(output / method, config, result, label=method, start=validation_zero_shot,
-                        references=references, ylabel=curve_label)
         state.wait_for_everyone()
 
     if state.is_main_process:

@@ -359,24 +359,36 @@ def test_two_process_simulation_matches_one_process(tmp_path: Path) -> None:
     assert any(r.dropped for r in result.rounds)
 
 
-def test_fedavg_baseline_moves_only_adapters_and_uploads_tensors(tmp_path: Path) -> None:
+def test_fedavg_baseline_moves_only_adapters_and_uploads_tensors(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from peft import LoraConfig, get_peft_model
 
-    from hf_fedzo.federation import simulate_fedavg
+    import hf_fedzo.federation.results
+    from hf_fedzo.federation import RoundPlot, simulate_fedavg
+
+    real, drawn = hf_fedzo.federation.results.plot_rounds, []
+
+    def recording(output, config, result, plot=None):
+        drawn.append(plot)
+        real(output, config, result, plot)
+
+    monkeypatch.setattr(hf_fedzo.federation.results, "plot_rounds", recording)
 
     torch.manual_seed(0)
     model = get_peft_model(tiny_model(), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     frozen = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
     adapters = {n: p.clone() for n, p in model.named_parameters() if p.requires_grad}
     cfg = config(rounds=2, local_steps=2, dropout=0.34)
+    plot = RoundPlot(label="FedAvg-LoRA", start=0.25, references=[("majority class", 0.5)], ylabel="accuracy (4)")
     result = simulate_fedavg(model, batch_loss, client_data(), cfg, client_lr=1e-2,
-                             evaluate=lambda m: {"accuracy": 0.5}, output_dir=tmp_path)
+                             evaluate=lambda m: {"accuracy": 0.5}, output_dir=tmp_path, plot=plot)
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
     assert any(not torch.equal(p, adapters[n]) for n, p in model.named_parameters() if p.requires_grad)
     adapter_bytes = 4 * sum(p.numel() for p in adapters.values())
     for record in result.rounds:
         assert len(record.dropped) == 1 and record.flops > 0
         assert all(b > adapter_bytes for b in record.bytes_up.values())
+    assert drawn == [plot]  # the caller's labels reach the one drawing
     assert (tmp_path / "accuracy_vs_bytes.png").is_file() == plots_available()
 
 

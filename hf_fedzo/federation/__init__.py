@@ -35,7 +35,7 @@ from hf_fedzo.federation.protocol import (
     encode,
 )
 from hf_fedzo.federation.records import ClientRecord, Exchanged, FederationResult, RoundRecord
-from hf_fedzo.federation.results import RESULTS_FILE, federation_figures, plot_rounds, write_results
+from hf_fedzo.federation.results import RESULTS_FILE, RoundPlot, federation_figures, plot_rounds, write_results
 from hf_fedzo.federation.rounds import STATE_FILE, Exchange, accept_reports, run_fingerprint, run_rounds
 from hf_fedzo.federation.server import FederatedServer
 from hf_fedzo.federation.simulation import AccelerateExchange, simulate_federation
@@ -70,6 +70,7 @@ __all__ = [
     "Method",
     "ProtocolError",
     "RoundInstruction",
+    "RoundPlot",
     "RoundRecord",
     "RoundSettings",
     "ZOClient",

@@ -25,6 +25,7 @@ from hf_fedzo.federation.client import Batch, BatchLoss
 from hf_fedzo.federation.clients import ClientData
 from hf_fedzo.federation.config import FederationConfig
 from hf_fedzo.federation.records import ClientRecord, Exchanged, FederationResult, RoundRecord
+from hf_fedzo.federation.results import RoundPlot
 from hf_fedzo.federation.rounds import Exchange, run_rounds
 from hf_fedzo.federation.server import FederatedServer
 from hf_fedzo.progress import progress_bar
@@ -95,7 +96,8 @@ class FedAvgExchange(Exchange):
 def simulate_fedavg(model: nn.Module, batch_loss: BatchLoss, clients: Sequence[ClientData], config: FederationConfig,
                     *, client_lr: float | None = None, evaluate: Callable[[Any], Mapping[str, float]] | None = None,
                     output_dir: str | Path | None = None, run_info: Mapping[str, Any] | None = None,
-                    on_round_end: Callable[[RoundRecord], None] | None = None) -> FederationResult:
+                    on_round_end: Callable[[RoundRecord], None] | None = None,
+                    plot: RoundPlot | None = None) -> FederationResult:
     """FedAvg rounds with the same sampling, drop-outs and batches as the ZO simulation of ``config``.
 
     ``client_lr`` defaults to ``config.fedavg_lr``.
@@ -113,6 +115,6 @@ def simulate_fedavg(model: nn.Module, batch_loss: BatchLoss, clients: Sequence[C
         return run_rounds(FederatedServer(config), FedAvgExchange(model, batch_loss, clients, config, lr, counter),
                           evaluate=None if evaluate is None else evaluate_model, output_dir=output_dir,
                           run_info=dict(run_info or {}) | {"method": "fedavg", "client_lr": lr},
-                          on_round_end=on_round_end)
+                          on_round_end=on_round_end, plot=plot)
     finally:
         counter.remove()

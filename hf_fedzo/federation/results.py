@@ -6,6 +6,7 @@ with one logged line, so a core install runs federations end to end.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,25 +19,41 @@ RESULTS_FILE = "federation_results.json"
 METRICS = ("accuracy", "f1", "exact_match")  # the first one evaluated is plotted
 
 
+@dataclasses.dataclass(frozen=True)
+class RoundPlot:
+    """What a run's plots say beyond its records, known only to the caller (the federation never evaluates the
+    model before round 1).
+
+    Attributes:
+        label: the curve's name and the title (default: the method).
+        start: the metric before any round, drawn at round 0 (no FLOPs, no bytes); e.g. the zero-shot score.
+        references: dotted horizontal lines such as ``("majority class", 0.5)``; a None value is left out.
+        ylabel: which split and how many examples the evaluation scores (default: only the metric's name).
+    """
+
+    label: str | None = None
+    start: float | None = None
+    references: Sequence[tuple[str, float | None]] = ()
+    ylabel: str | None = None
+
+
 def write_results(output: Path, config: FederationConfig, result: FederationResult,
-                  info: Mapping[str, Any]) -> None:
+                  info: Mapping[str, Any], plot: RoundPlot | None = None) -> None:
     """``federation_results.json`` plus the first evaluated metric vs rounds, cumulative forward FLOPs and bytes."""
     write_json(output / RESULTS_FILE, {"config": config.to_dict(), "run": dict(info),
                                        "final_metrics": result.final_metrics,
                                        "rounds": [r.to_dict() for r in result.rounds]})
-    plot_rounds(output, config, result, label=str(info.get("method", config.method)))
+    plot_rounds(output, config, result, plot)
 
 
-def plot_rounds(output: Path, config: FederationConfig, result: FederationResult, *, label: str | None = None,
-                start: float | None = None, references: Sequence[tuple[str, float | None]] = (),
-                ylabel: str | None = None) -> None:
+def plot_rounds(output: Path, config: FederationConfig, result: FederationResult,
+                plot: RoundPlot | None = None) -> None:
     """The first evaluated metric against rounds, cumulative forward FLOPs and cumulative bytes (three PNGs).
 
-    ``start`` is the metric before any round (drawn at round 0, no FLOPs, no bytes); ``references`` are dotted
-    horizontal lines (zero-shot, majority class; a None value is left out); ``ylabel`` should say which split and
-    how many examples the evaluation scores (the default only names the metric). The y axis is never zoomed below
-    a tenth, so a change of one or two examples does not fill the plot.
+    The y axis is never zoomed below a tenth, so a change of one or two examples does not fill the plot.
     """
+    plot = plot or RoundPlot()
+    start = plot.start
     evaluated = [r for r in result.rounds if r.eval is not None]
     metric = next((m for m in METRICS if evaluated and m in evaluated[0].eval), None)  # type: ignore[operator]
     if metric is None:
@@ -46,17 +63,17 @@ def plot_rounds(output: Path, config: FederationConfig, result: FederationResult
         total += sum(r.bytes_up.values()) + sum(r.bytes_down.values())
         cumulative_bytes[r.round] = total
     ys = [r.eval[metric] for r in evaluated]  # type: ignore[index]
-    label = label or config.method
+    label = plot.label or config.method
     axes: Sequence[tuple[str, list[Any], str]] = (
         ("rounds", [r.round + 1 for r in evaluated], "round" if start is None else "round (0: before training)"),
         ("flops", [r.cumulative_flops / 1e12 for r in evaluated], "cumulative forward TFLOPs (all clients)"),
         ("bytes", [cumulative_bytes[r.round] for r in evaluated], "cumulative bytes up + down (all clients)"),
     )
-    lines = [(name, value) for name, value in references if value is not None]
+    lines = [(name, value) for name, value in plot.references if value is not None]
     for name, xs, xlabel in axes:
         curve = ([0, *xs], [start, *ys]) if start is not None else (xs, ys)
         if draw_curves(output / f"{metric}_vs_{name}.png", {label: curve}, xlabel=xlabel,
-                       ylabel=ylabel or f"eval {metric}", title=f"{label}: {metric}", reference=lines,
+                       ylabel=plot.ylabel or f"eval {metric}", title=f"{label}: {metric}", reference=lines,
                        min_yspan=0.1, y_bounds=(0.0, 1.0), integer_x=name == "rounds") is None:
             return  # no matplotlib: one line said so
 

@@ -24,7 +24,7 @@ from hf_fedzo.federation.config import FederationConfig
 from hf_fedzo.federation.integrity import StateFileError, read_state, restore_server, write_state
 from hf_fedzo.federation.protocol import ClientReport, LogRecord, ProtocolError, decode
 from hf_fedzo.federation.records import ClientRecord, Exchanged, FederationResult, RoundRecord
-from hf_fedzo.federation.results import METRICS, write_results
+from hf_fedzo.federation.results import METRICS, RoundPlot, write_results
 from hf_fedzo.federation.server import FederatedServer
 from hf_fedzo.progress import announce, format_duration, progress_bar
 
@@ -90,7 +90,8 @@ def accept_reports(server: FederatedServer, clients: Sequence[ClientRecord]) -> 
 def run_rounds(server: FederatedServer, exchange: Exchange, *,
                evaluate: Callable[[], Mapping[str, float]] | None = None, output_dir: str | Path | None = None,
                resume: bool = True, run_info: Mapping[str, Any] | None = None,
-               on_round_end: Callable[[RoundRecord], None] | None = None) -> FederationResult:
+               on_round_end: Callable[[RoundRecord], None] | None = None,
+               plot: RoundPlot | None = None) -> FederationResult:
     """Run ``server.config.rounds`` rounds (or until its FLOP budget) over ``exchange``; return the records.
 
     Args:
@@ -102,6 +103,7 @@ def run_rounds(server: FederatedServer, exchange: Exchange, *,
         resume: continue from the state file when it exists and matches the run (config and ``run_info``).
         run_info: the run's identity beyond the config (model, data), in the fingerprint and the results.
         on_round_end: called with each round's record (progress, fault injection in tests).
+        plot: how the plots written with the results are labelled (start value, reference lines, y label).
     """
     config = server.config
     info = dict(run_info or {})
@@ -172,7 +174,7 @@ def run_rounds(server: FederatedServer, exchange: Exchange, *,
     evaluated = [r for r in result.rounds if r.eval is not None]
     result.final_metrics = dict(evaluated[-1].eval) if evaluated else {}  # type: ignore[arg-type]
     if output is not None and exchange.is_main_process:
-        write_results(output, config, result, info)
+        write_results(output, config, result, info, plot)
     return result
 
 

@@ -21,6 +21,7 @@ from hf_fedzo.federation.config import METHODS, FederationConfig
 from hf_fedzo.federation.fedavg import simulate_fedavg
 from hf_fedzo.federation.protocol import ClientReport, LogRecord, RoundInstruction, decode, encode
 from hf_fedzo.federation.records import ClientRecord, Exchanged, FederationResult, RoundRecord
+from hf_fedzo.federation.results import RoundPlot
 from hf_fedzo.federation.rounds import Exchange, run_rounds
 from hf_fedzo.federation.server import FederatedServer
 from hf_fedzo.progress import progress_bar
@@ -98,7 +99,8 @@ class AccelerateExchange(Exchange):
 def simulate_federation(model: Any, batch_loss: BatchLoss, clients: Sequence[ClientData], config: FederationConfig,
                         *, evaluate: Evaluate | None = None, output_dir: str | Path | None = None,
                         resume: bool = True, run_info: Mapping[str, Any] | None = None,
-                        on_round_end: Callable[[RoundRecord], None] | None = None) -> FederationResult:
+                        on_round_end: Callable[[RoundRecord], None] | None = None,
+                        plot: RoundPlot | None = None) -> FederationResult:
     """Run ``config.rounds`` rounds (or until ``config.flop_budget``) and return the per-round records.
 
     A first-order method (``fedavg``) runs :func:`~hf_fedzo.federation.fedavg.simulate_fedavg` on the same
@@ -114,16 +116,19 @@ def simulate_federation(model: Any, batch_loss: BatchLoss, clients: Sequence[Cli
         resume: continue from ``output_dir/federation_state.json`` when it exists and matches the run.
         run_info: extra identity of the run (model, data) folded into the resume fingerprint and results.
         on_round_end: called with each round's record on every process (progress, fault injection in tests).
+        plot: what the plots in ``output_dir`` show beyond the records: the curve's label, its value before
+            round 1 (e.g. the zero-shot score), reference lines and the y label.
     """
     if len(clients) != config.num_clients:
         raise ValueError(f"clients: {len(clients)} given for num_clients={config.num_clients}")
     if METHODS[config.method].first_order:
         return simulate_fedavg(model, batch_loss, clients, config, evaluate=evaluate, output_dir=output_dir,
-                               run_info=run_info, on_round_end=on_round_end)
+                               run_info=run_info, on_round_end=on_round_end, plot=plot)
     probe = clients[0].round_batches(config.seed, 0, 0, 1, config.batch_size)[0]
     exchange = AccelerateExchange(ZOClient(model, batch_loss), clients, config, probe)
     return run_rounds(FederatedServer(config), exchange, evaluate=None if evaluate is None else lambda: evaluate(model),
-                      output_dir=output_dir, resume=resume, run_info=run_info, on_round_end=on_round_end)
+                      output_dir=output_dir, resume=resume, run_info=run_info, on_round_end=on_round_end,
+                      plot=plot)
 
 
 __all__ = ["AccelerateExchange", "simulate_federation"]
