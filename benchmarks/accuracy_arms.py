@@ -47,14 +47,14 @@ ARMS: dict[str, Arm] = {arm.name: arm for arm in (
     # noise energy: to first order it moves like MeZO at lr/P. Its grid sits one step higher (5e-3 ended best of
     # MeZO's grid, at the top edge, on 2026-12-07).
     Arm("nspsa", "nspsa", (2e-3, 5e-3, 1e-2), zo_p2=4),
-    Arm("fedspzo", "fedspzo", ZO_GRID, zo_p2=4, zo_split="0.9"),  # the library default
-    # The estimator-quality winner (docs/benchmarks.md): P2 = 2 at the last layer.
+    Arm("fedspzo", "fedspzo", ZO_GRID, zo_p2=4, zo_split="0.9"),  # the library default until 2026-12-08
+    # The estimator-quality winner (docs/benchmarks.md): P2 = 2 at the last layer, the library default since 2026-12-08.
     Arm("fedspzo-p2-2", "fedspzo", ZO_GRID, zo_p2=2, zo_split="0.97"),
     # LoRA on the top 8 layers: the frozen prefix runs once per step, so each direction costs ~C2, not ~C.
     Arm("mezo-top8", "mezo", ZO_GRID, lora_last_layers=8),
     Arm("fedspzo-top8", "fedspzo", ZO_GRID, zo_p2=4, zo_split="auto", lora_last_layers=8),
     Arm("fedavg", "fedavg", (1e-4, 3e-4, 1e-3)),
-    # Split placement (not in the default queue): the split layer at P2 = 4, then P2 at the default split.
+    # Split placement (not in the default queue): the split layer at P2 = 4, then P2 at split 0.9.
     Arm("fedspzo-split15", "fedspzo", ZO_GRID, zo_p2=4, zo_split="15"),
     Arm("fedspzo-p2-8", "fedspzo", ZO_GRID, zo_p2=8, zo_split="0.9"),
     # Weight decay bounds the random walk ZO noise drives the adapters on (docs/benchmarks.md, "Why lr 5e-3

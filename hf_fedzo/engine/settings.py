@@ -2,10 +2,11 @@
 
 ``ZOArguments`` holds the ``--zo_*`` fields (defaults and help text) shared by ``ZOConfig`` (the trainer) and
 ``FederationConfig`` (a federation); both turn them into one ``ZOSettings`` with :meth:`ZOArguments.engine_settings`.
-The defaults below are the only ones: P1=1, P2=4 with the split at 0.9 of the layer stack is the best arm of
-the split-placement sweep (benchmarks/federated_accuracy.py, docs/benchmarks.md: one seed on SmolLM2-135M
-with LoRA, a starting point to tune, not a law); ε=1e-3 is MeZO's (LoRA runs want 1e-2, which is why
-``FederationConfig``, whose runs fine-tune adapters, overrides that one default).
+The defaults below are the only ones: P1=1, P2=2 with the split at 0.97 of the layer stack is the best point of
+the estimator-quality benchmark (gradient quality per forward FLOP against autograd) and led the earlier
+P2=4 / 0.9 on all three seeds of the powered federated comparison, by less than one standard error each
+(docs/benchmarks.md; SmolLM2-135M with LoRA: a starting point to tune, not a law); ε=1e-3 is MeZO's (LoRA
+runs want 1e-2, which is why ``FederationConfig``, whose runs fine-tune adapters, overrides that one default).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from hf_fedzo.engine.split import parse_split
 
 DEFAULT_EPS = 1e-3
 DEFAULT_P1 = 1
-DEFAULT_P2 = 4
-DEFAULT_SPLIT = "0.9"
+DEFAULT_P2 = 2
+DEFAULT_SPLIT = "0.97"
 DIFFERENCES = ("central", "forward")
 MAX_FORWARDS_PER_STEP = 10_000  # above this one step is almost surely a typo (zo_p1/zo_p2 swapped with a size)
 
@@ -83,13 +84,13 @@ class ZOArguments:
     zo_p2: int = field(
         default=DEFAULT_P2,
         metadata={"help": "P2: block-2 perturbations evaluated on each cached block-1 activation pair (default "
-                  "from the split-placement sweep in docs/benchmarks.md)."},
+                  "from the estimator-quality benchmark in docs/benchmarks.md)."},
     )
     zo_split: str = field(
         default=DEFAULT_SPLIT,
         metadata={
-            "help": "Where block 2 starts: a fraction of the layer stack such as '0.9' (the default, best in the "
-            "split-placement sweep of docs/benchmarks.md), a layer index such as '6', 'auto' (balance measured "
+            "help": "Where block 2 starts: a fraction of the layer stack such as '0.97' (the default, best in the "
+            "estimator-quality benchmark of docs/benchmarks.md), a layer index such as '6', 'auto' (balance measured "
             "block FLOPs so C1 ≈ P2·C2) or 'none' (one block, no activation caching)."
         },
     )
