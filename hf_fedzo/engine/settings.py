@@ -3,10 +3,11 @@
 ``ZOArguments`` holds the ``--zo_*`` fields (defaults and help text) shared by ``ZOConfig`` (the trainer) and
 ``FederationConfig`` (a federation); both turn them into one ``ZOSettings`` with :meth:`ZOArguments.engine_settings`.
 The defaults below are the only ones: P1=1, P2=2 with the split at 0.97 of the layer stack is the best point of
-the estimator-quality benchmark (gradient quality per forward FLOP against autograd) and led the earlier
-P2=4 / 0.9 on all three seeds of the powered federated comparison, by less than one standard error each
-(docs/benchmarks.md; SmolLM2-135M with LoRA: a starting point to tune, not a law); ε=1e-3 is MeZO's (LoRA
-runs want 1e-2, which is why ``FederationConfig``, whose runs fine-tune adapters, overrides that one default).
+the estimator-quality benchmark's first-order theory (gradient quality per forward FLOP; 0.98 of MeZO's) and
+led the earlier P2=4 / 0.9 on all three seeds of the powered federated comparison, by less than one standard
+error each (docs/benchmarks.md; SmolLM2-135M with LoRA: a starting point to tune, not a law); ε=1e-3 is MeZO's
+(LoRA runs want 1e-2, which is why ``FederationConfig``, whose runs fine-tune adapters, overrides that one
+default).
 """
 
 from __future__ import annotations
