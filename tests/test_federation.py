@@ -392,6 +392,20 @@ def test_fedavg_baseline_moves_only_adapters_and_uploads_tensors(tmp_path: Path,
     assert (tmp_path / "accuracy_vs_bytes.png").is_file() == plots_available()
 
 
+def test_fedavg_plots_are_titled_fedavg_without_a_caller_label(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hf_fedzo.federation.results
+    from hf_fedzo.federation import simulate_fedavg
+
+    drawn = []
+    monkeypatch.setattr(hf_fedzo.federation.results, "plot_rounds",
+                        lambda output, config, result, plot=None: drawn.append(plot))
+    cfg = config(rounds=1, local_steps=1)
+    assert cfg.method != "fedavg"  # simulate_fedavg runs FedAvg whatever method the config names
+    simulate_fedavg(tiny_model(), batch_loss, client_data(), cfg, client_lr=1e-2,
+                    evaluate=lambda m: {"accuracy": 0.5}, output_dir=tmp_path)
+    assert [p.label for p in drawn] == ["fedavg"]
+
+
 # ------------------------------------------------------------------------------------ zo_layers_path
 class _Block(torch.nn.Module):
     """A residual block that is no ``GradientCheckpointingLayer``: its stack cannot be found automatically."""

@@ -43,6 +43,8 @@ def write_results(output: Path, config: FederationConfig, result: FederationResu
     write_json(output / RESULTS_FILE, {"config": config.to_dict(), "run": dict(info),
                                        "final_metrics": result.final_metrics,
                                        "rounds": [r.to_dict() for r in result.rounds]})
+    if plot is None or plot.label is None:  # e.g. "fedavg" from simulate_fedavg, whatever config.method says
+        plot = dataclasses.replace(plot or RoundPlot(), label=str(info.get("method", config.method)))
     plot_rounds(output, config, result, plot)
 
 
